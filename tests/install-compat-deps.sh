@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what tests/compat.sh needs: the npm packages of tests/node (from package-lock.json)
+# and the PyPI packages of tests/python/requirements.txt (into tests/python/.venv).
+# Idempotent; needs Node >= 20 with npm and Python >= 3.9 on PATH, and registry access only.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+command -v node >/dev/null || { echo "install-compat-deps.sh: node not found (need Node 20)" >&2; exit 1; }
+command -v npm >/dev/null || { echo "install-compat-deps.sh: npm not found" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "install-compat-deps.sh: python3 not found" >&2; exit 1; }
+
+echo "== npm ci (tests/node) =="
+( cd "$HERE/node" && npm ci --no-audit --no-fund --loglevel=error )
+
+echo "== python venv + requirements (tests/python/.venv) =="
+VENV="$HERE/python/.venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  if ! python3 -m venv "$VENV" 2>/dev/null; then
+    # Debian's python3 without ensurepip: install python3-venv when we can, then retry
+    rm -rf "$VENV"
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    fi
+    python3 -m venv "$VENV"
+  fi
+fi
+"$VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$HERE/python/requirements.txt"
+echo "install-compat-deps.sh: done"

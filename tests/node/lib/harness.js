@@ -1,0 +1,359 @@
+'use strict';
+// Test harness for the ringpush compatibility suite: starts the real server binary
+// with a generated TOML config and offers small promise helpers around pusher-js.
+
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const readline = require('node:readline');
+
+const PusherJS = require('pusher-js');
+const PusherSDK = require('pusher');
+
+const DEFAULT_BIN = path.resolve(__dirname, '..', '..', '..', 'target', 'debug', 'ringpush');
+const BIN = process.env.RINGPUSH_BIN || DEFAULT_BIN;
+const WORKERS = 2;
+const DEFAULT_TIMEOUT = 5000;
+
+// Encryption master key for private-encrypted channels: 32 bytes, base64.
+const ENCRYPTION_MASTER_KEY_BASE64 = Buffer.from('ringpush-compat-master-key-32byt').toString('base64');
+
+function defaultApps() {
+  return [
+    {
+      id: 'app-1',
+      key: 'key-1',
+      secret: 'secret-1',
+      client_events: true,
+      subscription_count: true,
+      watchlist_events: true,
+    },
+    {
+      id: 'app-2',
+      key: 'key-2',
+      secret: 'secret-2',
+      client_events: false,
+    },
+  ];
+}
+
+// ---------------------------------------------------------------- TOML writer
+
+function tomlValue(v) {
+  if (typeof v === 'string') return JSON.stringify(v); // TOML basic strings accept JSON escapes we produce
+  if (typeof v === 'number') {
+    if (!Number.isFinite(v)) throw new Error(`bad number in config: ${v}`);
+    return String(v);
+  }
+  if (typeof v === 'boolean') return v ? 'true' : 'false';
+  if (Array.isArray(v)) return `[${v.map(tomlValue).join(', ')}]`;
+  if (v && typeof v === 'object') {
+    return `{ ${Object.entries(v).map(([k, x]) => `${JSON.stringify(k)} = ${tomlValue(x)}`).join(', ')} }`;
+  }
+  throw new Error(`unsupported config value: ${v}`);
+}
+
+function renderConfig({ server, apps }) {
+  const lines = ['[server]'];
+  for (const [k, v] of Object.entries(server)) lines.push(`${k} = ${tomlValue(v)}`);
+  for (const app of apps) {
+    lines.push('', '[[apps]]');
+    for (const [k, v] of Object.entries(app)) lines.push(`${k} = ${tomlValue(v)}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+// ---------------------------------------------------------------- server process
+
+/**
+ * Start the server. Resolves once the "listening on" line was printed.
+ * opts.server: extra [server] keys; opts.apps: app tables (default: defaultApps()).
+ */
+async function startServer(opts = {}) {
+  if (!fs.existsSync(BIN)) {
+    throw new Error(`ringpush binary not found at ${BIN} (set RINGPUSH_BIN)`);
+  }
+  const server = {
+    host: '127.0.0.1',
+    port: 0,
+    workers: WORKERS,
+    shutdown_grace: 2,
+    ...(opts.server || {}),
+  };
+  const apps = opts.apps || defaultApps();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ringpush-node-'));
+  const configPath = path.join(dir, 'ringpush.toml');
+  fs.writeFileSync(configPath, renderConfig({ server, apps }));
+
+  const child = spawn(BIN, ['--config', configPath], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: process.env,
+  });
+  let stderr = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (d) => {
+    stderr += d;
+    if (stderr.length > 200000) stderr = stderr.slice(-100000);
+  });
+  const exited = new Promise((resolve) => {
+    child.on('exit', (code, signal) => resolve({ code, signal }));
+  });
+
+  const port = await new Promise((resolve, reject) => {
+    const rl = readline.createInterface({ input: child.stdout });
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`server did not print "listening on" within 15s; stderr:\n${stderr.slice(-4000)}`));
+    }, 15000);
+    rl.on('line', (line) => {
+      const m = /^ringpush listening on ([0-9.]+):(\d+)$/.exec(line.trim());
+      if (m) {
+        clearTimeout(timer);
+        resolve(Number(m[2]));
+      }
+    });
+    exited.then(({ code, signal }) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited early (code ${code}, signal ${signal}); stderr:\n${stderr.slice(-4000)}`));
+    });
+  });
+
+  const handle = {
+    port,
+    host: '127.0.0.1',
+    apps,
+    configPath,
+    workers: server.workers,
+    process: child,
+    clients: new Set(),
+    stderr: () => stderr,
+    /** SIGTERM the server; resolves with {code, signal}. Disconnects tracked clients first. */
+    async stop() {
+      for (const c of handle.clients) {
+        try { c.disconnect(); } catch (_) { /* ignore */ }
+      }
+      handle.clients.clear();
+      if (child.exitCode !== null || child.signalCode !== null) return exited;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15000);
+      const res = await exited;
+      clearTimeout(timer);
+      fs.rmSync(dir, { recursive: true, force: true });
+      return res;
+    },
+    /** Node server SDK bound to this server and the given app (index or object). */
+    sdk(app = 0, extra = {}) {
+      const a = typeof app === 'number' ? apps[app] : app;
+      return new PusherSDK({
+        appId: a.id,
+        key: a.key,
+        secret: a.secret,
+        host: '127.0.0.1',
+        port: String(port),
+        useTLS: false,
+        encryptionMasterKeyBase64: ENCRYPTION_MASTER_KEY_BASE64,
+        ...extra,
+      });
+    },
+    /**
+     * A connected pusher-js client. opts.user = {id, user_info, watchlist} enables sign-in,
+     * opts.presence = {user_id, user_info} (or a function of channel name) sets presence data,
+     * opts.authSdk overrides the SDK used to sign channel auth (e.g. wrong secret).
+     */
+    async client(opts = {}) {
+      const app = typeof opts.app === 'number' ? apps[opts.app] : (opts.app || apps[0]);
+      const authSdk = opts.authSdk || handle.sdk(app);
+      const presenceFor = (channelName) =>
+        typeof opts.presence === 'function' ? opts.presence(channelName) : opts.presence;
+      const pusher = new PusherJS(app.key, {
+        wsHost: '127.0.0.1',
+        wsPort: port,
+        forceTLS: false,
+        enabledTransports: ['ws'],
+        disableStats: true,
+        cluster: 'mt1',
+        channelAuthorization: {
+          customHandler: (params, callback) => {
+            try {
+              const { socketId, channelName } = params;
+              const data = channelName.startsWith('presence-') ? presenceFor(channelName) : undefined;
+              callback(null, authSdk.authorizeChannel(socketId, channelName, data));
+            } catch (err) {
+              callback(err, null);
+            }
+          },
+        },
+        userAuthentication: {
+          customHandler: (params, callback) => {
+            try {
+              if (!opts.user) throw new Error('no user configured for this client');
+              callback(null, authSdk.authenticateUser(params.socketId, opts.user));
+            } catch (err) {
+              callback(err, null);
+            }
+          },
+        },
+      });
+      handle.clients.add(pusher);
+      await waitConnected(pusher);
+      return pusher;
+    },
+    /** Open clients until they cover `shards` distinct shard indexes; returns them in shard order. */
+    async clientsOnDistinctShards(shards = 2, opts = {}, maxTries = 40) {
+      const byShard = new Map();
+      const spare = [];
+      for (let i = 0; i < maxTries && byShard.size < shards; i++) {
+        const c = await handle.client(opts);
+        const s = shardOf(c.connection.socket_id, handle.workers);
+        if (byShard.has(s)) spare.push(c);
+        else byShard.set(s, c);
+      }
+      for (const c of spare) {
+        c.disconnect();
+        handle.clients.delete(c);
+      }
+      if (byShard.size < shards) {
+        throw new Error(`could not spread ${shards} clients over distinct shards (got ${[...byShard.keys()]})`);
+      }
+      return [...byShard.entries()].sort((a, b) => a[0] - b[0]).map(([, c]) => c);
+    },
+  };
+  return handle;
+}
+
+// ---------------------------------------------------------------- helpers
+
+function shardOf(socketId, workers) {
+  const m = /^(\d+)\.(\d+)$/.exec(socketId);
+  if (!m) throw new Error(`bad socket_id ${socketId}`);
+  return Number(BigInt(m[2]) % BigInt(workers));
+}
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  const t = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timeout after ${ms}ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, t]).finally(() => clearTimeout(timer));
+}
+
+function waitConnected(pusher, ms = DEFAULT_TIMEOUT) {
+  if (pusher.connection.state === 'connected') return Promise.resolve();
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      const onChange = ({ current }) => {
+        if (current === 'connected') {
+          pusher.connection.unbind('state_change', onChange);
+          resolve();
+        } else if (current === 'failed' || current === 'unavailable') {
+          pusher.connection.unbind('state_change', onChange);
+          reject(new Error(`connection went to ${current}`));
+        }
+      };
+      pusher.connection.bind('state_change', onChange);
+    }),
+    ms,
+    'pusher-js connection',
+  );
+}
+
+/**
+ * Resolve with the data of the first `event` emitted on a pusher-js channel / connection /
+ * user / watchlist that passes `filter(data, metadata)`.
+ */
+function once(emitter, event, ms = DEFAULT_TIMEOUT, filter = () => true) {
+  return onceMeta(emitter, event, ms, filter).then((x) => x.data);
+}
+
+/** Like once() but resolves with {data, metadata} (metadata.user_id on presence client events). */
+function onceMeta(emitter, event, ms = DEFAULT_TIMEOUT, filter = () => true) {
+  let handler;
+  const p = new Promise((resolve) => {
+    handler = (data, metadata) => {
+      if (!filter(data, metadata)) return;
+      emitter.unbind(event, handler);
+      resolve({ data, metadata });
+    };
+    emitter.bind(event, handler);
+  });
+  return withTimeout(p, ms, `event ${event}`).catch((e) => {
+    emitter.unbind(event, handler);
+    throw e;
+  });
+}
+
+/** Collects the data of every emission of `event` into an array. */
+function record(emitter, event) {
+  const seen = [];
+  emitter.bind(event, (data) => seen.push(data));
+  return seen;
+}
+
+/** Subscribe and wait for pusher:subscription_succeeded (rejects on subscription_error). */
+async function subscribe(pusher, name, ms = DEFAULT_TIMEOUT) {
+  const channel = pusher.subscribe(name);
+  if (channel.subscribed) return channel;
+  let ok, bad;
+  const p = new Promise((resolve, reject) => {
+    ok = (data) => resolve(data);
+    bad = (err) => reject(new Error(`subscription_error on ${name}: ${JSON.stringify(err)}`));
+    channel.bind('pusher:subscription_succeeded', ok);
+    channel.bind('pusher:subscription_error', bad);
+  });
+  try {
+    await withTimeout(p, ms, `subscription_succeeded on ${name}`);
+  } finally {
+    channel.unbind('pusher:subscription_succeeded', ok);
+    channel.unbind('pusher:subscription_error', bad);
+  }
+  return channel;
+}
+
+/** Resolve with the first pusher:error data the connection reports. */
+function nextConnectionError(pusher, ms = DEFAULT_TIMEOUT) {
+  return once(pusher.connection, 'error', ms, (e) => e && e.type === 'PusherError').then((e) => e.data);
+}
+
+/** Resolve when the connection reaches `state`. */
+function waitState(pusher, state, ms = DEFAULT_TIMEOUT) {
+  if (pusher.connection.state === state) return Promise.resolve();
+  return once(pusher.connection, 'state_change', ms, (s) => s.current === state);
+}
+
+/** Resolves after pusher-js finished sign-in and its #server-to-user channel is subscribed. */
+async function signin(pusher, ms = DEFAULT_TIMEOUT) {
+  const success = once(pusher.connection, 'message', ms, (m) => m.event === 'pusher:signin_success');
+  const failure = nextConnectionError(pusher, ms).then((d) => {
+    throw new Error(`signin failed: ${JSON.stringify(d)}`);
+  });
+  failure.catch(() => {});
+  pusher.signin();
+  await Promise.race([success, failure]);
+  await withTimeout(pusher.user.signinDonePromise, ms, 'signin promise');
+  const ch = pusher.user.serverToUserChannel;
+  if (!ch) throw new Error('pusher-js dropped the sign-in (user_data rejected)');
+  if (!ch.subscribed) await once(ch, 'pusher:subscription_succeeded', ms);
+  return pusher.user;
+}
+
+module.exports = {
+  BIN,
+  WORKERS,
+  ENCRYPTION_MASTER_KEY_BASE64,
+  defaultApps,
+  renderConfig,
+  startServer,
+  shardOf,
+  withTimeout,
+  waitConnected,
+  waitState,
+  once,
+  onceMeta,
+  record,
+  subscribe,
+  nextConnectionError,
+  signin,
+  PusherJS,
+  PusherSDK,
+};

@@ -1,0 +1,100 @@
+'use strict';
+// Issue-3 scope: Laravel Echo (pusher broadcaster) on top of pusher-js.
+
+const { describe, it, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const Echo = require('laravel-echo').default;
+const h = require('../lib/harness');
+
+let seq = 0;
+const uniq = (p) => `${p}${process.pid}.${++seq}`;
+
+function echoFor(pusher) {
+  return new Echo({ broadcaster: 'pusher', client: pusher, withoutInterceptors: true });
+}
+
+function subscribed(echoChannel, ms = 5000) {
+  return h.withTimeout(new Promise((resolve) => echoChannel.subscribed(resolve)), ms, 'Echo subscribed()');
+}
+
+describe('Laravel Echo', () => {
+  let srv;
+  before(async () => {
+    srv = await h.startServer();
+  });
+  after(async () => {
+    if (srv) {
+      const res = await srv.stop();
+      assert.deepEqual(res, { code: 0, signal: null }, 'server must exit 0 on SIGTERM');
+    }
+  });
+
+  it('Echo.private(...).listen(".OrderShipped") and namespaced App\\Events\\OrderShipped', async () => {
+    const pusher = await srv.client();
+    const echo = echoFor(pusher);
+    const room = uniq('orders.');
+    const ch = echo.private(room);
+    const raw = h.withTimeout(new Promise((r) => ch.listen('.OrderShipped', r)), 5000, '.OrderShipped');
+    const namespaced = h.withTimeout(new Promise((r) => ch.listen('OrderShipped', r)), 5000, 'App\\Events\\OrderShipped');
+    await subscribed(ch);
+    const sdk = srv.sdk();
+    await sdk.trigger(`private-${room}`, 'OrderShipped', { order: { id: 1 } });
+    assert.deepEqual(await raw, { order: { id: 1 } });
+    // Laravel broadcasts with the class name as event name, backslashes included
+    await sdk.trigger(`private-${room}`, 'App\\Events\\OrderShipped', { order: { id: 2 } });
+    assert.deepEqual(await namespaced, { order: { id: 2 } });
+    echo.disconnect();
+  });
+
+  it('Echo.join(...).here / joining / leaving on a presence channel', async () => {
+    const room = uniq('chat.');
+    const alice = await srv.client({ presence: { user_id: 'echo-alice', user_info: { name: 'Alice' } } });
+    const bob = await srv.client({ presence: { user_id: 'echo-bob', user_info: { name: 'Bob' } } });
+    const echoA = echoFor(alice);
+    const echoB = echoFor(bob);
+
+    const chA = echoA.join(room);
+    const hereA = h.withTimeout(new Promise((r) => chA.here(r)), 5000, 'here (alice)');
+    const joined = h.withTimeout(new Promise((r) => chA.joining(r)), 5000, 'joining');
+    const left = h.withTimeout(new Promise((r) => chA.leaving(r)), 5000, 'leaving');
+    assert.deepEqual(await hereA, [{ name: 'Alice' }]);
+
+    const chB = echoB.join(room);
+    const hereB = h.withTimeout(new Promise((r) => chB.here(r)), 5000, 'here (bob)');
+    const seen = await hereB;
+    assert.deepEqual(seen.map((m) => m.name).sort(), ['Alice', 'Bob']);
+    assert.deepEqual(await joined, { name: 'Bob' });
+
+    echoB.leave(room);
+    assert.deepEqual(await left, { name: 'Bob' });
+    echoA.disconnect();
+    echoB.disconnect();
+  });
+
+  it('Echo whisper / listenForWhisper on a private channel', async () => {
+    const room = uniq('typing.');
+    const a = echoFor(await srv.client());
+    const b = echoFor(await srv.client());
+    const chA = a.private(room);
+    const chB = b.private(room);
+    await subscribed(chA);
+    await subscribed(chB);
+    const got = h.withTimeout(new Promise((r) => chB.listenForWhisper('typing', r)), 5000, 'whisper');
+    chA.whisper('typing', { name: 'A', typing: true });
+    assert.deepEqual(await got, { name: 'A', typing: true });
+    a.disconnect();
+    b.disconnect();
+  });
+
+  it('Echo public channel listen with a custom namespace', async () => {
+    const pusher = await srv.client();
+    const echo = new Echo({ broadcaster: 'pusher', client: pusher, namespace: 'Domain.Events', withoutInterceptors: true });
+    const name = uniq('news.');
+    const ch = echo.channel(name);
+    const got = h.withTimeout(new Promise((r) => ch.listen('Published', r)), 5000, 'Domain\\Events\\Published');
+    await subscribed(ch);
+    await srv.sdk().trigger(name, 'Domain\\Events\\Published', { title: 't' });
+    assert.deepEqual(await got, { title: 't' });
+    echo.disconnect();
+  });
+});
