@@ -1,0 +1,301 @@
+//! The cross-core bus: one inbox per shard (a crossbeam channel plus a cross-thread wake-up).
+//! It is the only path between shards; every message is owned and the inbox length is bounded.
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use futures_channel::oneshot;
+
+use crate::ids::{AppIdx, ConnRef, ShardId};
+use crate::protocol::message::Member;
+
+/// An event going to every subscriber of a channel on a shard. One allocation, shared by all shards.
+#[derive(Debug)]
+pub struct Publication {
+    /// The app the channel belongs to.
+    pub app: AppIdx,
+    /// The channel.
+    pub channel: Arc<str>,
+    /// The encoded WebSocket frame, shared by every receiver.
+    pub frame: Bytes,
+    /// A socket id that must not receive it (the sender of a client event, or `socket_id`).
+    pub except: Option<Arc<str>>,
+    /// For cache channels: the event's raw `data`, kept with the frame for late subscribers.
+    pub cache_data: Option<Arc<str>>,
+}
+
+/// Aggregated facts about one channel, answered by its home shard.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelFacts {
+    /// Connections subscribed, across shards.
+    pub subscriptions: usize,
+    /// Distinct presence users.
+    pub users: usize,
+}
+
+/// A question for a shard, answered on a oneshot channel.
+#[derive(Debug)]
+pub enum Query {
+    /// Facts of one channel (sent to its home shard).
+    Channel {
+        /// App.
+        app: AppIdx,
+        /// Channel.
+        channel: Arc<str>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<ChannelFacts>,
+    },
+    /// Occupied channels homed on the shard whose names start with `prefix`.
+    List {
+        /// App.
+        app: AppIdx,
+        /// Name prefix; empty for all.
+        prefix: String,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Vec<(Arc<str>, ChannelFacts)>>,
+    },
+    /// Raw user ids of a presence channel (sent to its home shard).
+    Users {
+        /// App.
+        app: AppIdx,
+        /// Channel.
+        channel: Arc<str>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    /// Connection count of an app on the shard.
+    Connections {
+        /// App.
+        app: AppIdx,
+        /// Where the answer goes.
+        reply: oneshot::Sender<usize>,
+    },
+}
+
+/// Everything that crosses cores.
+#[derive(Debug)]
+pub enum BusMsg {
+    /// Deliver to local subscribers of a channel.
+    Publish(Arc<Publication>),
+    /// Deliver to every local connection signed in as a user.
+    ToUser {
+        /// App.
+        app: AppIdx,
+        /// User id.
+        user: Arc<str>,
+        /// Encoded frame.
+        frame: Bytes,
+    },
+    /// Close every local connection signed in as a user (4009).
+    Terminate {
+        /// App.
+        app: AppIdx,
+        /// User id.
+        user: Arc<str>,
+    },
+    /// To the home shard: a non-presence subscription count changed by `delta`.
+    SubDelta {
+        /// App.
+        app: AppIdx,
+        /// Channel.
+        channel: Arc<str>,
+        /// +1 or -1.
+        delta: i32,
+    },
+    /// To the home shard: a connection wants to join a presence channel.
+    PresenceJoin {
+        /// App.
+        app: AppIdx,
+        /// Channel.
+        channel: Arc<str>,
+        /// Who joins.
+        member: Arc<Member>,
+        /// The joining connection, for the answer.
+        from: ConnRef,
+        /// Its socket id, excluded from `member_added`.
+        socket_id: Arc<str>,
+    },
+    /// From the home shard: the answer to `PresenceJoin`.
+    PresenceJoined {
+        /// The joining connection on the receiving shard.
+        conn: ConnRef,
+        /// App.
+        app: AppIdx,
+        /// Channel.
+        channel: Arc<str>,
+        /// The member that joined (to undo the join if the connection is gone).
+        member: Arc<Member>,
+        /// The `subscription_succeeded` frame, or the refusal message.
+        result: Result<Bytes, String>,
+    },
+    /// To the home shard: a connection left a presence channel.
+    PresenceLeave {
+        /// App.
+        app: AppIdx,
+        /// Channel.
+        channel: Arc<str>,
+        /// The member's id key.
+        user_key: Arc<str>,
+    },
+    /// To the user's home shard: signed-in connections of a user changed by `delta`.
+    UserPresence {
+        /// App.
+        app: AppIdx,
+        /// User id.
+        user: Arc<str>,
+        /// +1 or -1.
+        delta: i32,
+    },
+    /// To the watched users' home shard: start or stop watching them.
+    Watch {
+        /// App.
+        app: AppIdx,
+        /// Watched user ids homed on the receiving shard.
+        users: Vec<Arc<str>>,
+        /// The watching connection.
+        watcher: ConnRef,
+        /// Start (true) or stop watching.
+        add: bool,
+    },
+    /// To a watcher's shard: a `pusher_internal:watchlist_events` frame for one connection.
+    WatchNotice {
+        /// The watcher.
+        conn: ConnRef,
+        /// Encoded frame.
+        frame: Bytes,
+    },
+    /// A question with a oneshot answer.
+    Query(Query),
+    /// Stop accepting, ask clients to reconnect, and exit.
+    Shutdown,
+}
+
+impl BusMsg {
+    /// Data messages may be dropped when an inbox is over capacity; control messages never are,
+    /// because their number is bounded by the state (subscriptions, connections) that exists.
+    fn droppable(&self) -> bool {
+        matches!(self, BusMsg::Publish(_) | BusMsg::ToUser { .. })
+    }
+}
+
+/// One shard's inbox.
+struct Inbox {
+    tx: Sender<BusMsg>,
+    rx: Receiver<BusMsg>,
+    waker: AtomicWaker,
+    notified: AtomicBool,
+    dropped: AtomicU64,
+}
+
+/// All inboxes; shared by every shard and the HTTP handlers.
+pub struct Bus {
+    inboxes: Vec<Inbox>,
+    capacity: usize,
+}
+
+impl Bus {
+    /// Creates one inbox per shard; data messages beyond `capacity` queued messages are dropped.
+    pub fn new(shards: usize, capacity: usize) -> Bus {
+        let inboxes = (0..shards)
+            .map(|_| {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                Inbox {
+                    tx,
+                    rx,
+                    waker: AtomicWaker::new(),
+                    notified: AtomicBool::new(false),
+                    dropped: AtomicU64::new(0),
+                }
+            })
+            .collect();
+        Bus { inboxes, capacity }
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Sends a message to a shard. Returns false (and counts it) when a data message was dropped
+    /// because the inbox is full.
+    pub fn send(&self, to: ShardId, msg: BusMsg) -> bool {
+        let inbox = &self.inboxes[to.0 as usize];
+        if msg.droppable() && inbox.rx.len() >= self.capacity {
+            inbox.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        // The receiver lives as long as the bus, so sending cannot fail.
+        let _ = inbox.tx.send(msg);
+        if !inbox.notified.swap(true, Ordering::AcqRel) {
+            inbox.waker.wake();
+        }
+        true
+    }
+
+    /// Sends a publication to every shard; returns how many shards dropped it.
+    pub fn broadcast(&self, make: impl Fn() -> BusMsg) -> usize {
+        (0..self.inboxes.len())
+            .filter(|&i| !self.send(ShardId(i as u16), make()))
+            .count()
+    }
+
+    /// Data messages dropped by a shard's inbox since start.
+    pub fn dropped(&self, shard: ShardId) -> u64 {
+        self.inboxes[shard.0 as usize]
+            .dropped
+            .load(Ordering::Relaxed)
+    }
+
+    /// Messages waiting in a shard's inbox.
+    pub fn backlog(&self, shard: ShardId) -> usize {
+        self.inboxes[shard.0 as usize].rx.len()
+    }
+
+    /// Takes the next message for `shard` without waiting.
+    pub fn try_recv(&self, shard: ShardId) -> Option<BusMsg> {
+        self.inboxes[shard.0 as usize].rx.try_recv().ok()
+    }
+
+    /// Waits until something was sent to `shard` since the last wait.
+    pub async fn wait(&self, shard: ShardId) {
+        let inbox = &self.inboxes[shard.0 as usize];
+        poll_fn(|cx| {
+            if inbox.notified.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            inbox.waker.register(cx.waker());
+            if inbox.notified.swap(false, Ordering::AcqRel) || !inbox.rx.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_is_dropped_over_capacity_but_control_is_not() {
+        let bus = Bus::new(1, 2);
+        let publish = || BusMsg::ToUser {
+            app: AppIdx(0),
+            user: "u".into(),
+            frame: Bytes::new(),
+        };
+        assert!(bus.send(ShardId(0), publish()));
+        assert!(bus.send(ShardId(0), publish()));
+        assert!(!bus.send(ShardId(0), publish()));
+        assert!(bus.send(ShardId(0), BusMsg::Shutdown));
+        assert_eq!(bus.dropped(ShardId(0)), 1);
+        assert_eq!(bus.backlog(ShardId(0)), 3);
+    }
+}

@@ -1,0 +1,3 @@
+//! Channel state: the facts a home shard owns for the channels and users hashed to it.
+
+pub mod home;

@@ -1,0 +1,389 @@
+//! Configuration: a TOML file, `RINGPUSH_*` environment overrides and command-line flags, validated
+//! once at start-up with messages that name the offending key.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// The whole configuration, as read from the file after overrides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-wide settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The applications this server serves; at least one.
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
+}
+
+/// Process-wide settings (`[server]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on; 0 picks a free one (printed at start-up).
+    pub port: u16,
+    /// Number of shards; 0 means one per core.
+    pub workers: usize,
+    /// Seconds of client silence before the server pings; also sent in `connection_established`.
+    pub activity_timeout: u64,
+    /// Seconds to wait for any frame after a server ping before closing with 4201.
+    pub pong_timeout: u64,
+    /// Seconds a new TCP connection may take to finish its HTTP request or upgrade; also the idle
+    /// limit of a keep-alive HTTP connection.
+    pub handshake_timeout: u64,
+    /// Seconds given to clients to go away on SIGTERM before the process exits.
+    pub shutdown_grace: u64,
+    /// Largest WebSocket message accepted from a client, in bytes (else close 1009).
+    pub max_message_size: usize,
+    /// Bytes queued towards one connection before it counts as a slow consumer (closed with 4100).
+    pub max_outbound_bytes: usize,
+    /// Largest HTTP request body accepted, in bytes (else 413).
+    pub max_request_body: usize,
+    /// Longest channel name accepted, in characters.
+    pub max_channel_name_length: usize,
+    /// Messages waiting in one shard's bus inbox before publishes to it are dropped and counted.
+    pub bus_capacity: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 6001,
+            workers: 0,
+            activity_timeout: 120,
+            pong_timeout: 30,
+            handshake_timeout: 10,
+            shutdown_grace: 5,
+            max_message_size: 64 * 1024,
+            max_outbound_bytes: 4 * 1024 * 1024,
+            max_request_body: 1024 * 1024,
+            max_channel_name_length: 200,
+            bus_capacity: 1 << 20,
+        }
+    }
+}
+
+/// One application (`[[apps]]`): credentials, switches and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppConfig {
+    /// The app id used in HTTP API paths.
+    pub id: String,
+    /// The public key clients connect with.
+    pub key: String,
+    /// The secret that signs auth and API requests. Never logged.
+    pub secret: String,
+    /// A disabled app refuses connections (4003) and API calls (403).
+    pub enabled: bool,
+    /// Connections allowed at once across all shards; 0 = unlimited (else 4004).
+    pub max_connections: usize,
+    /// Whether `client-` events are relayed.
+    pub client_events: bool,
+    /// Client events per connection per second (else `pusher:error` 4301).
+    pub client_event_rate: u32,
+    /// Members allowed in one presence channel.
+    pub max_presence_members: usize,
+    /// Bytes allowed in a presence member's `user_info` JSON.
+    pub max_presence_user_info: usize,
+    /// Longest user id accepted, in characters.
+    pub max_user_id_length: usize,
+    /// Largest event `data`, in bytes (HTTP 413; client events 4301).
+    pub max_event_data: usize,
+    /// Whether `pusher_internal:subscription_count` events are sent.
+    pub subscription_count: bool,
+    /// Whether watchlist online/offline events are sent.
+    pub watchlist_events: bool,
+    /// Seconds a cache channel keeps its last event.
+    pub cache_ttl: u64,
+    /// Seconds a connection may stay without signing in or joining a private channel; 0 = off.
+    pub authorized_connections_timeout: u64,
+    /// Whether webhook events are collected into batches.
+    pub batch_webhooks: bool,
+    /// Seconds `channel_vacated` / `member_removed` wait, cancelled by a quick return.
+    pub webhook_delay: u64,
+    /// Webhook targets.
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            id: String::new(),
+            key: String::new(),
+            secret: String::new(),
+            enabled: true,
+            max_connections: 0,
+            client_events: true,
+            client_event_rate: 10,
+            max_presence_members: 100,
+            max_presence_user_info: 1024,
+            max_user_id_length: 128,
+            max_event_data: 10 * 1024,
+            subscription_count: false,
+            watchlist_events: false,
+            cache_ttl: 1800,
+            authorized_connections_timeout: 0,
+            batch_webhooks: false,
+            webhook_delay: 3,
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+/// One webhook target (`[[apps.webhooks]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` URL the events are POSTed to.
+    pub url: String,
+    /// Event names to send; empty means all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// Only events of channels matching this filter.
+    #[serde(default)]
+    pub filter: WebhookFilter,
+    /// Extra headers sent with each request.
+    #[serde(default)]
+    pub headers: HashMap<String, String>,
+}
+
+/// Channel-name filter of a webhook.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFilter {
+    /// The channel name must start with this.
+    #[serde(default)]
+    pub prefix: String,
+    /// The channel name must end with this.
+    #[serde(default)]
+    pub suffix: String,
+}
+
+/// Command-line overrides applied after the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--host`
+    pub host: Option<String>,
+    /// `--port`
+    pub port: Option<u16>,
+    /// `--workers`
+    pub workers: Option<usize>,
+}
+
+/// Prefix of environment variables that override configuration keys.
+const ENV_PREFIX: &str = "RINGPUSH_";
+
+impl Config {
+    /// The development default: one app `app-id` / `app-key` / `app-secret` on 127.0.0.1:6001.
+    pub fn development() -> Config {
+        Config {
+            server: ServerConfig::default(),
+            apps: vec![AppConfig {
+                id: "app-id".into(),
+                key: "app-key".into(),
+                secret: "app-secret".into(),
+                ..AppConfig::default()
+            }],
+        }
+    }
+
+    /// Loads the file (or the development default when `path` is None), applies environment
+    /// overrides (`RINGPUSH_SERVER__PORT=7000`, `RINGPUSH_APPS__0__SECRET=...`) and flags, then
+    /// validates.
+    pub fn load(path: Option<&Path>, flags: &Overrides) -> Result<Config> {
+        let mut value: toml::Value = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config file {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+            }
+            None => development_value(),
+        };
+        let mut env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .collect();
+        env.sort();
+        for (k, v) in env {
+            apply_env(&mut value, &k[ENV_PREFIX.len()..], &v)
+                .with_context(|| format!("environment variable {k}"))?;
+        }
+        let mut cfg: Config = value
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("invalid configuration: {e}"))?;
+        if let Some(h) = &flags.host {
+            cfg.server.host = h.clone();
+        }
+        if let Some(p) = flags.port {
+            cfg.server.port = p;
+        }
+        if let Some(w) = flags.workers {
+            cfg.server.workers = w;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that the types alone do not constrain.
+    pub fn validate(&self) -> Result<()> {
+        let s = &self.server;
+        if s.activity_timeout == 0 {
+            bail!("server.activity_timeout must be greater than 0 (pusher-js refuses 0)");
+        }
+        if s.pong_timeout == 0 {
+            bail!("server.pong_timeout must be greater than 0");
+        }
+        if s.handshake_timeout == 0 {
+            bail!("server.handshake_timeout must be greater than 0");
+        }
+        if s.max_message_size < 1024 {
+            bail!("server.max_message_size must be at least 1024 bytes");
+        }
+        if s.max_outbound_bytes < 64 * 1024 {
+            bail!("server.max_outbound_bytes must be at least 65536 bytes");
+        }
+        if s.max_channel_name_length == 0 || s.max_channel_name_length > 1024 {
+            bail!("server.max_channel_name_length must be between 1 and 1024");
+        }
+        if s.bus_capacity < 1024 {
+            bail!("server.bus_capacity must be at least 1024");
+        }
+        if s.host.parse::<std::net::IpAddr>().is_err() {
+            bail!("server.host must be an IP address, got {:?}", s.host);
+        }
+        if self.apps.is_empty() {
+            bail!("at least one [[apps]] entry is required");
+        }
+        let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
+        for (i, a) in self.apps.iter().enumerate() {
+            for (name, v) in [("id", &a.id), ("key", &a.key), ("secret", &a.secret)] {
+                if v.is_empty() {
+                    bail!("apps[{i}].{name} must not be empty");
+                }
+            }
+            if a.key.contains(':') || a.key.contains('/') {
+                bail!("apps[{i}].key must not contain ':' or '/'");
+            }
+            if !ids.insert(a.id.as_str()) {
+                bail!("apps[{i}].id {:?} is used twice", a.id);
+            }
+            if !keys.insert(a.key.as_str()) {
+                bail!("apps[{i}].key {:?} is used twice", a.key);
+            }
+            if a.client_event_rate == 0 {
+                bail!("apps[{i}].client_event_rate must be greater than 0");
+            }
+            if a.cache_ttl == 0 {
+                bail!("apps[{i}].cache_ttl must be greater than 0");
+            }
+            for (j, w) in a.webhooks.iter().enumerate() {
+                if !w.url.starts_with("http://") {
+                    bail!("apps[{i}].webhooks[{j}].url must start with http://");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of shards to run: `workers`, or the core count when it is 0.
+    pub fn shard_count(&self) -> usize {
+        if self.server.workers > 0 {
+            self.server.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}
+
+fn development_value() -> toml::Value {
+    let mut root = toml::Table::new();
+    let mut app = toml::Table::new();
+    app.insert("id".into(), "app-id".into());
+    app.insert("key".into(), "app-key".into());
+    app.insert("secret".into(), "app-secret".into());
+    root.insert("apps".into(), toml::Value::Array(vec![app.into()]));
+    root.into()
+}
+
+/// Applies one `SECTION__KEY[__...]` override to the TOML tree. Numbers index arrays; values are
+/// read as TOML literals (numbers, booleans, arrays) and fall back to plain strings.
+fn apply_env(root: &mut toml::Value, path: &str, raw: &str) -> Result<()> {
+    let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let mut cur = root;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        if let Ok(idx) = part.parse::<usize>() {
+            let arr = cur
+                .as_array_mut()
+                .with_context(|| format!("{part} indexes something that is not a list"))?;
+            while arr.len() <= idx {
+                arr.push(toml::Value::Table(toml::Table::new()));
+            }
+            if last {
+                arr[idx] = parsed;
+                return Ok(());
+            }
+            cur = &mut arr[idx];
+        } else {
+            let table = cur
+                .as_table_mut()
+                .with_context(|| format!("{part} is under something that is not a table"))?;
+            if last {
+                table.insert(part.clone(), parsed);
+                return Ok(());
+            }
+            let next_is_index = parts[i + 1].parse::<usize>().is_ok();
+            cur = table.entry(part.clone()).or_insert_with(|| {
+                if next_is_index {
+                    toml::Value::Array(Vec::new())
+                } else {
+                    toml::Value::Table(toml::Table::new())
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_reach_nested_keys() {
+        let mut v = development_value();
+        apply_env(&mut v, "SERVER__PORT", "7000").unwrap();
+        apply_env(&mut v, "APPS__0__SECRET", "s3cret").unwrap();
+        apply_env(&mut v, "APPS__0__CLIENT_EVENTS", "false").unwrap();
+        let cfg: Config = v.try_into().unwrap();
+        assert_eq!(cfg.server.port, 7000);
+        assert_eq!(cfg.apps[0].secret, "s3cret");
+        assert!(!cfg.apps[0].client_events);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = toml::from_str::<Config>("[server]\nprot = 1\n").unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let mut cfg = Config::development();
+        cfg.apps.push(cfg.apps[0].clone());
+        cfg.apps[1].id = "other".into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("apps[1].key"), "{err}");
+    }
+}

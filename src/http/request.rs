@@ -1,0 +1,195 @@
+//! HTTP/1.1 request parsing (httparse for the head), with limits on head and body size.
+
+/// Largest request head accepted.
+pub const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEADERS: usize = 48;
+
+/// A complete request.
+#[derive(Debug, Default)]
+pub struct Request {
+    /// Method, as sent.
+    pub method: String,
+    /// Path without the query string, percent-decoded.
+    pub path: String,
+    /// Query parameters, percent-decoded, in order.
+    pub query: Vec<(String, String)>,
+    /// Headers with lower-cased names.
+    pub headers: Vec<(String, String)>,
+    /// The body (Content-Length bytes).
+    pub body: Vec<u8>,
+    /// Whether the connection stays open after the response.
+    pub keep_alive: bool,
+}
+
+impl Request {
+    /// First header with this lower-case name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// First query parameter with this name.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether this asks for a WebSocket upgrade.
+    pub fn is_upgrade(&self) -> bool {
+        self.header("upgrade")
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    }
+}
+
+/// Result of trying to parse the bytes received so far.
+#[derive(Debug)]
+pub enum Parsed {
+    /// More bytes are needed.
+    Partial,
+    /// A request, and how many bytes it used.
+    Complete(Box<Request>, usize),
+    /// A malformed or oversized request: answer with this status and close.
+    Error(u16, &'static str),
+}
+
+/// Parses one request from the start of `buf`.
+pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > MAX_HEAD {
+                Parsed::Error(431, "request head too large")
+            } else {
+                Parsed::Partial
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Error(431, "too many headers"),
+        Err(_) => return Parsed::Error(400, "malformed HTTP request"),
+    };
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Parsed::Error(400, "malformed HTTP request");
+    };
+    let version = req.version.unwrap_or(1);
+    let mut out = Request {
+        method: method.to_string(),
+        ..Request::default()
+    };
+    for h in req.headers.iter() {
+        let Ok(v) = std::str::from_utf8(h.value) else {
+            return Parsed::Error(400, "header value is not UTF-8");
+        };
+        out.headers
+            .push((h.name.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    if out.header("transfer-encoding").is_some() {
+        return Parsed::Error(411, "chunked bodies are not supported; send Content-Length");
+    }
+    let len = match out.header("content-length") {
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) => n,
+            Err(_) => return Parsed::Error(400, "bad Content-Length"),
+        },
+        None => 0,
+    };
+    if len > max_body {
+        return Parsed::Error(413, "request body too large");
+    }
+    if buf.len() < head_len + len {
+        return Parsed::Partial;
+    }
+    out.body = buf[head_len..head_len + len].to_vec();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    out.path = match percent_decode(path) {
+        Some(p) => p,
+        None => return Parsed::Error(400, "bad percent-encoding in path"),
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match (percent_decode(k), percent_decode(v)) {
+            (Some(k), Some(v)) => out.query.push((k, v)),
+            _ => return Parsed::Error(400, "bad percent-encoding in query"),
+        }
+    }
+    let conn = out.header("connection").map(str::to_ascii_lowercase);
+    out.keep_alive = match conn.as_deref() {
+        Some(c) if c.contains("close") => false,
+        Some(c) if c.contains("keep-alive") => true,
+        _ => version >= 1,
+    };
+    Parsed::Complete(Box::new(out), head_len + len)
+}
+
+/// Decodes `%XX` escapes (a `+` stays a `+`: SDKs sign the raw values). None on bad escapes or
+/// non-UTF-8 results.
+pub fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_query_and_body() {
+        let raw = b"POST /apps/1/events?auth_key=k&info=user_count%2Csubscription_count HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}extra";
+        let Parsed::Complete(r, used) = parse(raw, 100) else {
+            panic!()
+        };
+        assert_eq!(used, raw.len() - 5);
+        assert_eq!(r.path, "/apps/1/events");
+        assert_eq!(r.param("info"), Some("user_count,subscription_count"));
+        assert_eq!(r.body, b"{}");
+        assert!(r.keep_alive);
+    }
+
+    #[test]
+    fn partial_and_errors() {
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nHost", 10),
+            Parsed::Partial
+        ));
+        assert!(matches!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", 10),
+            Parsed::Partial
+        ));
+        assert!(matches!(
+            parse(b"\x00\x01 junk\r\n\r\n", 10),
+            Parsed::Error(400, _)
+        ));
+        assert!(matches!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 50\r\n\r\n", 10),
+            Parsed::Error(413, _)
+        ));
+        assert!(matches!(
+            parse(b"GET /?a=%zz HTTP/1.1\r\n\r\n", 10),
+            Parsed::Error(400, _)
+        ));
+        let c = b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let Parsed::Complete(r, _) = parse(c, 10) else {
+            panic!()
+        };
+        assert!(!r.keep_alive);
+    }
+}

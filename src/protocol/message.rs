@@ -1,0 +1,372 @@
+//! Client-to-server messages: the JSON envelope and the `data` payloads of `pusher:*` events.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use sonic_rs::{JsonValueTrait, LazyValue};
+
+/// Why a client message could not be understood; answered with `pusher:error`, connection kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// Not JSON, or not an object with a string `event`.
+    #[error("Invalid message format: {0}")]
+    Malformed(String),
+    /// The event's `data` is missing a field or has the wrong type.
+    #[error("Invalid data for {event}: {detail}")]
+    BadData {
+        /// The event whose data was wrong.
+        event: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// A message from a client, borrowing from the received text.
+#[derive(Debug)]
+pub struct ClientMessage<'a> {
+    /// The event name.
+    pub event: Cow<'a, str>,
+    /// The channel, for channel events.
+    pub channel: Option<Cow<'a, str>>,
+    /// The raw JSON text of `data`, forwarded unchanged for client events.
+    pub data: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    data: Option<LazyValue<'a>>,
+}
+
+/// Parses the envelope of a client message.
+pub fn parse(text: &str) -> Result<ClientMessage<'_>, MessageError> {
+    let env: Envelope<'_> =
+        sonic_rs::from_str(text).map_err(|e| MessageError::Malformed(short(&e.to_string())))?;
+    Ok(ClientMessage {
+        event: env.event,
+        channel: env.channel,
+        data: env.data.map(|d| d.as_raw_cow()),
+    })
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(120).collect()
+}
+
+/// `data` as an object's JSON text: pusher-js sends an object, other clients a JSON-encoded
+/// string holding one. Both are accepted.
+fn object_text<'a>(raw: &'a str, event: &'static str) -> Result<Cow<'a, str>, MessageError> {
+    let t = raw.trim_start();
+    if t.starts_with('"') {
+        let inner: String = sonic_rs::from_str(t).map_err(|e| MessageError::BadData {
+            event,
+            detail: short(&e.to_string()),
+        })?;
+        Ok(Cow::Owned(inner))
+    } else {
+        Ok(Cow::Borrowed(raw))
+    }
+}
+
+/// A string field that may also have been sent as a JSON value; returns the exact text to sign.
+fn string_or_raw(v: &LazyValue<'_>) -> String {
+    if v.is_str() {
+        v.as_str().map(str::to_owned).unwrap_or_default()
+    } else {
+        v.as_raw_str().to_owned()
+    }
+}
+
+/// `pusher:subscribe` data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    /// The channel to join.
+    pub channel: String,
+    /// `<key>:<signature>` for private and presence channels.
+    pub auth: Option<String>,
+    /// The exact signed `channel_data` string, for presence channels.
+    pub channel_data: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SubscribeRaw<'a> {
+    #[serde(borrow)]
+    channel: Option<LazyValue<'a>>,
+    #[serde(borrow, default)]
+    auth: Option<LazyValue<'a>>,
+    #[serde(borrow, default)]
+    channel_data: Option<LazyValue<'a>>,
+}
+
+const SUBSCRIBE: &str = "pusher:subscribe";
+
+/// Reads `pusher:subscribe` / `pusher:unsubscribe` data.
+pub fn subscribe(data: Option<&str>) -> Result<Subscribe, MessageError> {
+    let bad = |detail: &str| MessageError::BadData {
+        event: SUBSCRIBE,
+        detail: detail.to_string(),
+    };
+    let raw = data.ok_or_else(|| bad("missing data"))?;
+    let text = object_text(raw, SUBSCRIBE)?;
+    let s: SubscribeRaw<'_> = sonic_rs::from_str(&text).map_err(|e| bad(&short(&e.to_string())))?;
+    let channel = s
+        .channel
+        .as_ref()
+        .and_then(|c| c.as_str().map(str::to_owned))
+        .ok_or_else(|| bad("channel must be a string"))?;
+    let auth = match &s.auth {
+        Some(a) if a.is_str() => a.as_str().map(str::to_owned),
+        Some(a) if a.is_null() => None,
+        Some(_) => return Err(bad("auth must be a string")),
+        None => None,
+    };
+    let channel_data = match &s.channel_data {
+        Some(d) if d.is_null() => None,
+        Some(d) => Some(string_or_raw(d)),
+        None => None,
+    };
+    Ok(Subscribe {
+        channel,
+        auth,
+        channel_data,
+    })
+}
+
+/// `pusher:signin` data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signin {
+    /// `<key>:<signature>` over `socket_id::user::user_data`.
+    pub auth: String,
+    /// The exact signed user data string.
+    pub user_data: String,
+}
+
+#[derive(Deserialize)]
+struct SigninRaw<'a> {
+    #[serde(borrow, default)]
+    auth: Option<LazyValue<'a>>,
+    #[serde(borrow, default)]
+    user_data: Option<LazyValue<'a>>,
+}
+
+const SIGNIN: &str = "pusher:signin";
+
+/// Reads `pusher:signin` data.
+pub fn signin(data: Option<&str>) -> Result<Signin, MessageError> {
+    let bad = |detail: &str| MessageError::BadData {
+        event: SIGNIN,
+        detail: detail.to_string(),
+    };
+    let raw = data.ok_or_else(|| bad("missing data"))?;
+    let text = object_text(raw, SIGNIN)?;
+    let s: SigninRaw<'_> = sonic_rs::from_str(&text).map_err(|e| bad(&short(&e.to_string())))?;
+    let auth = s
+        .auth
+        .as_ref()
+        .and_then(|a| a.as_str().map(str::to_owned))
+        .ok_or_else(|| bad("auth must be a string"))?;
+    let user_data = s
+        .user_data
+        .as_ref()
+        .map(string_or_raw)
+        .ok_or_else(|| bad("user_data must be a string"))?;
+    Ok(Signin { auth, user_data })
+}
+
+/// A presence member as signed by the app: the id keeps its JSON type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The id as a string, for hash keys and comparisons.
+    pub key: String,
+    /// The id's JSON text (`"42"` or `42`), echoed back as sent.
+    pub raw_id: String,
+    /// The raw JSON text of `user_info`, if any.
+    pub info: Option<String>,
+}
+
+/// Why `channel_data` or `user_data` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemberError {
+    /// Not a JSON object.
+    #[error("must be a JSON object")]
+    NotObject,
+    /// The id field is missing or not a string / number.
+    #[error("{0} must be a non-empty string or a number")]
+    BadId(&'static str),
+    /// The id is longer than allowed.
+    #[error("user id is longer than {0} characters")]
+    IdTooLong(usize),
+    /// `user_info` is bigger than allowed.
+    #[error("user_info is bigger than {0} bytes")]
+    InfoTooBig(usize),
+}
+
+#[derive(Deserialize)]
+struct MemberRaw<'a> {
+    #[serde(borrow, default)]
+    user_id: Option<LazyValue<'a>>,
+    #[serde(borrow, default)]
+    id: Option<LazyValue<'a>>,
+    #[serde(borrow, default)]
+    user_info: Option<LazyValue<'a>>,
+    #[serde(borrow, default)]
+    watchlist: Option<LazyValue<'a>>,
+}
+
+/// Reads presence `channel_data` (`{"user_id":..,"user_info":..}`).
+pub fn presence_member(
+    channel_data: &str,
+    max_id: usize,
+    max_info: usize,
+) -> Result<Member, MemberError> {
+    let m: MemberRaw<'_> = sonic_rs::from_str(channel_data).map_err(|_| MemberError::NotObject)?;
+    member_from(
+        m.user_id.as_ref(),
+        m.user_info.as_ref(),
+        "user_id",
+        max_id,
+        max_info,
+    )
+}
+
+fn member_from(
+    id: Option<&LazyValue<'_>>,
+    info: Option<&LazyValue<'_>>,
+    field: &'static str,
+    max_id: usize,
+    max_info: usize,
+) -> Result<Member, MemberError> {
+    let id = id.ok_or(MemberError::BadId(field))?;
+    let key = if id.is_str() {
+        id.as_str().map(str::to_owned).unwrap_or_default()
+    } else if id.is_number() {
+        id.as_raw_str().to_owned()
+    } else {
+        return Err(MemberError::BadId(field));
+    };
+    if key.is_empty() {
+        return Err(MemberError::BadId(field));
+    }
+    if key.chars().count() > max_id {
+        return Err(MemberError::IdTooLong(max_id));
+    }
+    let info = match info {
+        Some(i) if !i.is_null() => {
+            let t = i.as_raw_str();
+            if t.len() > max_info {
+                return Err(MemberError::InfoTooBig(max_info));
+            }
+            Some(t.to_owned())
+        }
+        _ => None,
+    };
+    Ok(Member {
+        key,
+        raw_id: id.as_raw_str().to_owned(),
+        info,
+    })
+}
+
+/// Signed-in user data: the member (`id`, `user_info`) and the watchlist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserData {
+    /// The user as a presence-style member.
+    pub member: Member,
+    /// User ids whose online state the client wants.
+    pub watchlist: Vec<String>,
+}
+
+/// Reads sign-in `user_data` (`{"id":"..","user_info":..,"watchlist":[..]}`); `id` must be a
+/// non-empty string.
+pub fn user_data(text: &str, max_id: usize, max_info: usize) -> Result<UserData, MemberError> {
+    let m: MemberRaw<'_> = sonic_rs::from_str(text).map_err(|_| MemberError::NotObject)?;
+    if !m.id.as_ref().is_some_and(|v| v.is_str()) {
+        return Err(MemberError::BadId("id"));
+    }
+    let member = member_from(m.id.as_ref(), m.user_info.as_ref(), "id", max_id, max_info)?;
+    let mut watchlist = Vec::new();
+    if let Some(w) = &m.watchlist {
+        let ids: Vec<sonic_rs::Value> =
+            sonic_rs::from_str(w.as_raw_str()).map_err(|_| MemberError::BadId("watchlist"))?;
+        for v in ids {
+            if let Some(s) = v.as_str() {
+                watchlist.push(s.to_owned());
+            } else if v.is_number() {
+                watchlist.push(v.to_string());
+            }
+        }
+    }
+    Ok(UserData { member, watchlist })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_keeps_raw_data() {
+        let m = parse(r#"{"event":"client-x","channel":"private-a","data":{"a":[1, 2]}}"#).unwrap();
+        assert_eq!(m.event, "client-x");
+        assert_eq!(m.channel.as_deref(), Some("private-a"));
+        assert_eq!(m.data.as_deref(), Some(r#"{"a":[1, 2]}"#));
+        assert!(parse("not json").is_err());
+        assert!(parse(r#"{"channel":"x"}"#).is_err());
+        assert!(parse(r#"["event"]"#).is_err());
+    }
+
+    #[test]
+    fn subscribe_data_object_or_string() {
+        let obj = subscribe(Some(
+            r#"{"channel":"presence-a","auth":"k:s","channel_data":"{\"user_id\":1}"}"#,
+        ))
+        .unwrap();
+        assert_eq!(obj.channel, "presence-a");
+        assert_eq!(obj.auth.as_deref(), Some("k:s"));
+        assert_eq!(obj.channel_data.as_deref(), Some(r#"{"user_id":1}"#));
+        let s = subscribe(Some(r#""{\"channel\":\"a\"}""#)).unwrap();
+        assert_eq!(s.channel, "a");
+        assert!(subscribe(Some(r#"{"channel":5}"#)).is_err());
+        assert!(subscribe(None).is_err());
+    }
+
+    #[test]
+    fn members_keep_id_type() {
+        let m = presence_member(r#"{"user_id":10,"user_info":{"name":"A"}}"#, 128, 1024).unwrap();
+        assert_eq!((m.key.as_str(), m.raw_id.as_str()), ("10", "10"));
+        assert_eq!(m.info.as_deref(), Some(r#"{"name":"A"}"#));
+        let s = presence_member(r#"{"user_id":"u1"}"#, 128, 1024).unwrap();
+        assert_eq!(
+            (s.key.as_str(), s.raw_id.as_str(), s.info),
+            ("u1", "\"u1\"", None)
+        );
+        assert_eq!(
+            presence_member(r#"{"user_id":true}"#, 128, 1024),
+            Err(MemberError::BadId("user_id"))
+        );
+        assert_eq!(
+            presence_member("[]", 128, 1024),
+            Err(MemberError::NotObject)
+        );
+        assert_eq!(
+            presence_member(r#"{"user_id":"1","user_info":"xxxxxxxxxx"}"#, 128, 5),
+            Err(MemberError::InfoTooBig(5))
+        );
+        assert_eq!(
+            presence_member(r#"{"user_id":"abc"}"#, 2, 5),
+            Err(MemberError::IdTooLong(2))
+        );
+    }
+
+    #[test]
+    fn user_data_needs_string_id() {
+        let u = user_data(r#"{"id":"7","watchlist":["1",2]}"#, 128, 1024).unwrap();
+        assert_eq!(u.member.key, "7");
+        assert_eq!(u.watchlist, vec!["1".to_string(), "2".to_string()]);
+        assert!(user_data(r#"{"id":7}"#, 128, 1024).is_err());
+        assert!(user_data(r#"{"id":""}"#, 128, 1024).is_err());
+    }
+}

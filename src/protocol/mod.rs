@@ -1,0 +1,6 @@
+//! The Pusher protocol without IO: channel names, client messages, server frames, error codes.
+
+pub mod channel;
+pub mod codes;
+pub mod encode;
+pub mod message;

@@ -1,0 +1,245 @@
+//! A WebSocket connection's state as its shard keeps it, and the slab that holds them.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use monoio::net::TcpStream;
+
+use crate::ids::{AppIdx, ConnKey};
+use crate::protocol::channel::ChannelType;
+use crate::protocol::encode;
+use crate::protocol::message::Member;
+use crate::ws::codec;
+
+/// Where a subscription stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubState {
+    /// Presence join sent to the home shard, answer not yet back.
+    Pending,
+    /// In the local channel index; events flow.
+    Active,
+}
+
+/// One channel a connection joined.
+#[derive(Debug)]
+pub struct Sub {
+    /// The channel (the same allocation as the local index key).
+    pub channel: Arc<str>,
+    /// Its type.
+    pub ty: ChannelType,
+    /// Pending or active.
+    pub state: SubState,
+    /// The presence member this connection joined as.
+    pub member: Option<Arc<Member>>,
+}
+
+/// The user a connection signed in as.
+#[derive(Debug)]
+pub struct SignedIn {
+    /// User id.
+    pub id: Arc<str>,
+    /// Id and user_info, used for presence joins without channel_data.
+    pub member: Arc<Member>,
+    /// Watched user ids (empty when watchlist events are off).
+    pub watchlist: Vec<Arc<str>>,
+}
+
+/// A live WebSocket connection. Owned by its shard; never crosses cores.
+pub struct Conn {
+    /// Slot generation (see [`ConnKey`]).
+    pub gen: u32,
+    /// The socket; the reader task and any writer task hold clones.
+    pub stream: Rc<TcpStream>,
+    /// Raw descriptor of `stream`, for direct non-blocking calls.
+    pub fd: RawFd,
+    /// The app the connection belongs to.
+    pub app: AppIdx,
+    /// The socket id sent in `connection_established`.
+    pub socket_id: Arc<str>,
+    /// Joined channels; few per connection, so a Vec beats a map.
+    pub subs: Vec<Sub>,
+    /// Set after a successful `pusher:signin`.
+    pub user: Option<Box<SignedIn>>,
+    /// Frames waiting to be sent.
+    pub out: VecDeque<Bytes>,
+    /// Bytes in `out`, bounded by `max_outbound_bytes`.
+    pub out_bytes: usize,
+    /// A writer task is waiting for writability.
+    pub writer_active: bool,
+    /// Listed in the shard's dirty list.
+    pub dirty: bool,
+    /// Close started at this time (ms): no more input is processed.
+    pub closing: Option<u64>,
+    /// Last time (ms) any frame arrived.
+    pub last_rx: u64,
+    /// When (ms) the server pinged and is waiting for any frame.
+    pub ping_sent: Option<u64>,
+    /// Deadline (ms) to sign in or join a private channel, when the app asks for it.
+    pub auth_deadline: Option<u64>,
+    /// Client-event rate window (second) and count in it.
+    pub rate: (u64, u32),
+    /// Bytes of an incomplete frame; empty (no allocation) between frames.
+    pub partial: Vec<u8>,
+    /// A fragmented message being assembled.
+    pub fragments: Option<Vec<u8>>,
+}
+
+/// Result of queueing a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Queued {
+    /// Queued; `true` when the connection must be added to the dirty list.
+    Ok(bool),
+    /// Over the outbound budget: the connection must be closed as a slow consumer.
+    Overflow,
+    /// The connection is closing; the frame was dropped.
+    Closing,
+}
+
+impl Conn {
+    /// Queues a frame, enforcing the outbound budget.
+    pub fn queue(&mut self, frame: Bytes, limit: usize) -> Queued {
+        if self.closing.is_some() {
+            return Queued::Closing;
+        }
+        if self.out_bytes + frame.len() > limit {
+            return Queued::Overflow;
+        }
+        self.out_bytes += frame.len();
+        self.out.push_back(frame);
+        let newly = !self.dirty && !self.writer_active;
+        self.dirty |= newly;
+        Queued::Ok(newly)
+    }
+
+    /// Starts closing: optional `pusher:error`, then a close frame. `drop_queued` discards what
+    /// was waiting (slow consumers). Returns true when the connection must be marked dirty.
+    pub fn start_close(
+        &mut self,
+        code: u16,
+        reason: &str,
+        pusher_error: bool,
+        drop_queued: bool,
+        now: u64,
+    ) -> bool {
+        if self.closing.is_some() {
+            return false;
+        }
+        if drop_queued {
+            self.out.clear();
+            self.out_bytes = 0;
+        }
+        if pusher_error {
+            let f = encode::error(Some(code), reason);
+            self.out_bytes += f.len();
+            self.out.push_back(f);
+        }
+        let c = codec::close_frame(code, reason);
+        self.out_bytes += c.len();
+        self.out.push_back(c);
+        self.closing = Some(now);
+        let newly = !self.dirty && !self.writer_active;
+        self.dirty |= newly;
+        newly
+    }
+
+    /// The active subscription to `channel`, if any.
+    pub fn sub(&self, channel: &str) -> Option<&Sub> {
+        self.subs.iter().find(|s| &*s.channel == channel)
+    }
+}
+
+/// Slots of connections with generations and a free list.
+#[derive(Default)]
+pub struct Slab {
+    slots: Vec<(u32, Option<Conn>)>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl Slab {
+    /// Inserts a connection built for the returned key.
+    pub fn insert(&mut self, make: impl FnOnce(ConnKey) -> Conn) -> ConnKey {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push((0, None));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[idx as usize];
+        slot.0 = slot.0.wrapping_add(1);
+        let key = ConnKey { idx, gen: slot.0 };
+        slot.1 = Some(make(key));
+        self.len += 1;
+        key
+    }
+
+    /// The connection at `key`, if it is still the same one.
+    pub fn get(&self, key: ConnKey) -> Option<&Conn> {
+        match self.slots.get(key.idx as usize) {
+            Some((g, Some(c))) if *g == key.gen => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Mutable access to the connection at `key`.
+    pub fn get_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
+        match self.slots.get_mut(key.idx as usize) {
+            Some((g, Some(c))) if *g == key.gen => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Removes and returns the connection.
+    pub fn remove(&mut self, key: ConnKey) -> Option<Conn> {
+        match self.slots.get_mut(key.idx as usize) {
+            Some((g, slot @ Some(_))) if *g == key.gen => {
+                self.free.push(key.idx);
+                self.len -= 1;
+                slot.take()
+            }
+            _ => None,
+        }
+    }
+
+    /// Live connections.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keys of every live connection.
+    pub fn keys(&self) -> Vec<ConnKey> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, c))| c.is_some())
+            .map(|(i, (g, _))| ConnKey {
+                idx: i as u32,
+                gen: *g,
+            })
+            .collect()
+    }
+
+    /// Iterates live connections.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ConnKey, &mut Conn)> {
+        self.slots.iter_mut().enumerate().filter_map(|(i, (g, c))| {
+            c.as_mut().map(|c| {
+                (
+                    ConnKey {
+                        idx: i as u32,
+                        gen: *g,
+                    },
+                    c,
+                )
+            })
+        })
+    }
+}

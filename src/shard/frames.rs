@@ -1,0 +1,178 @@
+//! WebSocket frames of a live connection: reading from the socket, reassembling messages,
+//! answering control frames, and handing complete text messages to the Pusher layer.
+
+use std::rc::Rc;
+
+use super::sock::{self, Recv};
+use super::state::{flush_dirty, State};
+use super::{pusher, Shard};
+use crate::ids::ConnKey;
+use crate::metrics::ShardMetrics;
+use crate::ws::codec::{self, close, Header, OpCode};
+
+/// Reads everything available on a readable connection. Returns false at end-of-file.
+pub fn on_readable(shard: &Rc<Shard>, key: ConnKey) -> bool {
+    let alive = {
+        let mut scratch = shard.scratch.borrow_mut();
+        let mut st = shard.state.borrow_mut();
+        let Some(fd) = st.conns.get(key).map(|c| c.fd) else {
+            return false;
+        };
+        let mut alive = true;
+        // A bounded number of reads per wake-up keeps one busy client from starving the shard.
+        for _ in 0..16 {
+            match sock::recv(fd, &mut scratch) {
+                Recv::Data(n) => {
+                    process(shard, &mut st, key, &mut scratch[..n]);
+                    if n < scratch.len() {
+                        break;
+                    }
+                }
+                Recv::WouldBlock => break,
+                Recv::Closed => {
+                    alive = false;
+                    break;
+                }
+            }
+        }
+        alive
+    };
+    flush_dirty(shard);
+    alive
+}
+
+/// Parses and handles the frames in `data` (plus any partial frame kept from before).
+pub fn process(shard: &Shard, st: &mut State, key: ConnKey, data: &mut [u8]) {
+    let max = shard.shared.config.server.max_message_size;
+    let now = shard.now_ms();
+    let Some(conn) = st.conns.get_mut(key) else {
+        return;
+    };
+    if conn.closing.is_some() {
+        return; // waiting for the peer's close: input is discarded
+    }
+    conn.last_rx = now;
+    conn.ping_sent = None;
+    let mut owned;
+    let buf: &mut [u8] = if conn.partial.is_empty() {
+        data
+    } else {
+        conn.partial.extend_from_slice(data);
+        owned = std::mem::take(&mut conn.partial);
+        &mut owned[..]
+    };
+    let mut pos = 0;
+    loop {
+        match codec::parse_header(&buf[pos..], max) {
+            Ok(Some(h)) if buf.len() - pos >= h.frame_len() => {
+                let payload = &mut buf[pos + h.header_len..pos + h.frame_len()];
+                codec::unmask(payload, h.mask);
+                pos += h.frame_len();
+                if !on_frame(shard, st, key, h, payload) {
+                    return;
+                }
+            }
+            Ok(_) => break,
+            Err(e) => {
+                shard.close(st, key, e.code, e.reason, false);
+                return;
+            }
+        }
+    }
+    if pos < buf.len() {
+        let rest = buf[pos..].to_vec();
+        if let Some(conn) = st.conns.get_mut(key) {
+            conn.partial = rest;
+        }
+    }
+}
+
+/// Handles one frame; false when the connection is now closing.
+fn on_frame(shard: &Shard, st: &mut State, key: ConnKey, h: Header, payload: &mut [u8]) -> bool {
+    let max = shard.shared.config.server.max_message_size;
+    let Some(conn) = st.conns.get_mut(key) else {
+        return false;
+    };
+    match h.opcode {
+        OpCode::Ping => {
+            shard.send_to(st, key, codec::encode(OpCode::Pong, payload));
+            true
+        }
+        OpCode::Pong => true,
+        OpCode::Close => {
+            let code = match payload {
+                [a, b, ..] => match u16::from_be_bytes([*a, *b]) {
+                    c @ (1000..=1003 | 1007..=1014 | 3000..=4999) => c,
+                    _ => close::PROTOCOL,
+                },
+                _ => close::NORMAL,
+            };
+            shard.close(st, key, code, "", false);
+            false
+        }
+        OpCode::Binary => {
+            shard.close(
+                st,
+                key,
+                close::UNSUPPORTED,
+                "binary frames are not supported",
+                false,
+            );
+            false
+        }
+        OpCode::Text if conn.fragments.is_some() => {
+            shard.close(
+                st,
+                key,
+                close::PROTOCOL,
+                "expected a continuation frame",
+                false,
+            );
+            false
+        }
+        OpCode::Text if !h.fin => {
+            conn.fragments = Some(payload.to_vec());
+            true
+        }
+        OpCode::Text => text(shard, st, key, payload),
+        OpCode::Continuation => {
+            let Some(mut msg) = conn.fragments.take() else {
+                shard.close(
+                    st,
+                    key,
+                    close::PROTOCOL,
+                    "continuation without a message",
+                    false,
+                );
+                return false;
+            };
+            if msg.len() + payload.len() > max {
+                shard.close(st, key, close::TOO_BIG, "message too big", false);
+                return false;
+            }
+            msg.extend_from_slice(payload);
+            if h.fin {
+                text(shard, st, key, &msg)
+            } else {
+                conn.fragments = Some(msg);
+                true
+            }
+        }
+    }
+}
+
+fn text(shard: &Shard, st: &mut State, key: ConnKey, payload: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(payload) else {
+        shard.close(
+            st,
+            key,
+            close::INVALID_DATA,
+            "text frame is not UTF-8",
+            false,
+        );
+        return false;
+    };
+    ShardMetrics::add(&shard.metrics().messages_in, 1);
+    pusher::on_message(shard, st, key, text);
+    st.conns.get(key).is_some_and(|c| c.closing.is_none())
+}

@@ -1,0 +1,261 @@
+//! One TCP connection's task: HTTP requests (keep-alive) until an upgrade to `/app/{key}`, then
+//! the WebSocket read loop. The task waits for readiness only; bytes are read into the shard's
+//! scratch buffer, so an idle connection holds no buffer.
+
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use super::conn::Conn;
+use super::sock::{self, Recv};
+use super::state::{flush_dirty, remove_conn};
+use super::{frames, Shard};
+use crate::http::api;
+use crate::http::request::{self, Parsed, Request};
+use crate::http::response::Response;
+use crate::ids::AppIdx;
+use crate::metrics::ShardMetrics;
+use crate::protocol::{codes, encode};
+use crate::ws::{codec, handshake};
+
+/// Serves one accepted connection until it closes.
+pub async fn run(shard: Rc<Shard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let stream = Rc::new(stream);
+    let fd = stream.as_raw_fd();
+    let mut buf: Vec<u8> = Vec::new();
+    let limit = Duration::from_secs(shard.shared.config.server.handshake_timeout);
+    let max_body = shard.shared.config.server.max_request_body;
+    loop {
+        let deadline = Instant::now() + limit;
+        let req = loop {
+            if !buf.is_empty() {
+                match request::parse(&buf, max_body) {
+                    Parsed::Complete(req, used) => {
+                        buf.drain(..used);
+                        break req;
+                    }
+                    Parsed::Partial => {}
+                    Parsed::Error(status, msg) => {
+                        let _ =
+                            write_all(&stream, &Response::error(status, msg).to_bytes(false)).await;
+                        return;
+                    }
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let ready = monoio::select! {
+                r = stream.readable(false) => r.is_ok(),
+                _ = monoio::time::sleep(remaining) => false,
+            };
+            if !ready {
+                return; // handshake timeout (slowloris) or socket error: just close
+            }
+            match read_into(fd, &mut buf, request::MAX_HEAD + max_body) {
+                Recv::Data(_) | Recv::WouldBlock => {}
+                Recv::Closed => return,
+            }
+        };
+        ShardMetrics::add(&shard.metrics().http_requests, 1);
+        if req.is_upgrade() {
+            websocket(shard, stream, *req, buf).await;
+            return;
+        }
+        if shard.shared.shutting_down.load(Ordering::Relaxed) {
+            let resp = Response::error(503, "server is shutting down");
+            let _ = write_all(&stream, &resp.to_bytes(false)).await;
+            return;
+        }
+        let resp = api::handle(&shard, &req).await;
+        if write_all(&stream, &resp.to_bytes(req.keep_alive))
+            .await
+            .is_err()
+            || !req.keep_alive
+        {
+            return;
+        }
+    }
+}
+
+/// Appends what the socket has to `buf`, up to `max` bytes in total.
+fn read_into(fd: i32, buf: &mut Vec<u8>, max: usize) -> Recv {
+    if buf.len() >= max {
+        return Recv::Closed;
+    }
+    let old = buf.len();
+    let want = (max - old).min(16 * 1024);
+    buf.resize(old + want, 0);
+    let r = sock::recv(fd, &mut buf[old..]);
+    let got = if let Recv::Data(n) = r { n } else { 0 };
+    buf.truncate(old + got);
+    r
+}
+
+/// Writes all of `data`, waiting for writability when the socket buffer is full.
+pub async fn write_all(stream: &TcpStream, data: &[u8]) -> std::io::Result<()> {
+    let fd = stream.as_raw_fd();
+    let mut off = 0;
+    while off < data.len() {
+        let n = sock::send_some(fd, &data[off..])?;
+        off += n;
+        if off < data.len() && n == 0 {
+            stream.writable(false).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a WebSocket after the upgrade: `pusher:error`, close frame, then linger briefly so the
+/// client reads both before the socket goes.
+async fn refuse(stream: &TcpStream, code: u16, message: &str) {
+    let mut out = encode::error(Some(code), message).to_vec();
+    out.extend_from_slice(&codec::close_frame(code, message));
+    if write_all(stream, &out).await.is_err() {
+        return;
+    }
+    sock::shutdown(stream.as_raw_fd(), libc::SHUT_WR);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut sink = [0u8; 1024];
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let ready = monoio::select! {
+            r = stream.readable(false) => r.is_ok(),
+            _ = monoio::time::sleep(remaining) => false,
+        };
+        if !ready {
+            return;
+        }
+        if let Recv::Closed = sock::recv(stream.as_raw_fd(), &mut sink) {
+            return;
+        }
+    }
+}
+
+/// Reads the `protocol` query parameter: missing means 7; 5 to 7 are supported.
+fn protocol_ok(req: &Request) -> bool {
+    match req.param("protocol") {
+        None => true,
+        Some(p) => matches!(p.parse::<u32>(), Ok(5..=7)),
+    }
+}
+
+async fn websocket(shard: Rc<Shard>, stream: Rc<TcpStream>, req: Request, leftover: Vec<u8>) {
+    let key = match handshake::validate(
+        &req.method,
+        req.header("sec-websocket-version"),
+        req.header("sec-websocket-key"),
+    ) {
+        Ok(k) => k.to_string(),
+        Err(e) => {
+            let _ = write_all(
+                &stream,
+                &Response::error(400, &e.to_string()).to_bytes(false),
+            )
+            .await;
+            return;
+        }
+    };
+    if write_all(&stream, &handshake::switching_response(&key))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let shared = shard.shared.clone();
+    if shared.shutting_down.load(Ordering::Relaxed) {
+        return refuse(&stream, codes::RECONNECT, "Server is shutting down").await;
+    }
+    let Some(app_key) = req
+        .path
+        .strip_prefix("/app/")
+        .filter(|k| !k.is_empty() && !k.contains('/'))
+    else {
+        return refuse(&stream, codes::PATH_NOT_FOUND, "Path not found").await;
+    };
+    if !protocol_ok(&req) {
+        return refuse(&stream, codes::BAD_PROTOCOL, "Unsupported protocol version").await;
+    }
+    let Some(&app) = shared.by_key.get(app_key) else {
+        return refuse(&stream, codes::APP_NOT_FOUND, "Application does not exist").await;
+    };
+    let cfg = shared.app(app);
+    if !cfg.enabled {
+        return refuse(&stream, codes::APP_DISABLED, "Application disabled").await;
+    }
+    let count = &shared.app_connections[app.0 as usize];
+    let now_open = count.fetch_add(1, Ordering::Relaxed) + 1;
+    if cfg.max_connections > 0 && now_open > cfg.max_connections {
+        count.fetch_sub(1, Ordering::Relaxed);
+        return refuse(
+            &stream,
+            codes::OVER_QUOTA,
+            "Application is over connection quota",
+        )
+        .await;
+    }
+    let ckey = register(&shard, stream.clone(), app);
+    ShardMetrics::add(&shard.metrics().connections_opened, 1);
+    if !leftover.is_empty() {
+        let mut data = leftover;
+        let mut st = shard.state.borrow_mut();
+        frames::process(&shard, &mut st, ckey, &mut data);
+    }
+    flush_dirty(&shard);
+    loop {
+        if stream.readable(false).await.is_err() {
+            break;
+        }
+        if !frames::on_readable(&shard, ckey) {
+            break;
+        }
+    }
+    remove_conn(&shard, ckey);
+    flush_dirty(&shard);
+}
+
+/// Inserts the connection into the shard's slab and queues `connection_established`.
+fn register(shard: &Rc<Shard>, stream: Rc<TcpStream>, app: AppIdx) -> crate::ids::ConnKey {
+    let now = shard.now_ms();
+    let shards = shard.shared.shards() as u64;
+    let cfg = shard.shared.app(app);
+    let mut st = shard.state.borrow_mut();
+    st.seq += 1;
+    // The second number modulo the shard count is the owning shard (tests rely on it).
+    let socket_id: Arc<str> = format!(
+        "{}.{}",
+        fastrand::u32(1..1_000_000_000),
+        st.seq * shards + shard.id.0 as u64
+    )
+    .into();
+    let fd = stream.as_raw_fd();
+    let auth_deadline = (cfg.authorized_connections_timeout > 0)
+        .then(|| now + cfg.authorized_connections_timeout * 1000);
+    let key = st.conns.insert(|key| Conn {
+        gen: key.gen,
+        stream,
+        fd,
+        app,
+        socket_id: socket_id.clone(),
+        subs: Vec::new(),
+        user: None,
+        out: Default::default(),
+        out_bytes: 0,
+        writer_active: false,
+        dirty: false,
+        closing: None,
+        last_rx: now,
+        ping_sent: None,
+        auth_deadline,
+        rate: (0, 0),
+        partial: Vec::new(),
+        fragments: None,
+    });
+    let frame =
+        encode::connection_established(&socket_id, shard.shared.config.server.activity_timeout);
+    shard.send_to(&mut st, key, frame);
+    key
+}

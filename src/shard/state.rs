@@ -1,0 +1,433 @@
+//! A shard's mutable state and the operations every other shard module uses on it: queueing
+//! frames, flushing dirty connections, closing, and the once-a-second timer sweep.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::conn::{Conn, Queued, Slab, SubState};
+use super::sock::{self, Flush};
+use super::Shard;
+use crate::bus::{BusMsg, Publication};
+use crate::channels::home::Home;
+use crate::ids::{home_of, AppIdx, ConnKey, ConnRef};
+use crate::metrics::ShardMetrics;
+use crate::protocol::{channel::ChannelKind, codes, encode};
+
+/// How long a closing connection may take to answer our close frame before it is cut.
+const CLOSE_LINGER_MS: u64 = 2_000;
+
+/// A cache channel's last HTTP-triggered event, as this shard saw it go by.
+pub struct CacheEntry {
+    /// The frame, sent to late subscribers.
+    pub frame: Bytes,
+    /// The raw `data`, for `info=cache`.
+    pub data: Arc<str>,
+    /// Expiry (ms).
+    pub expires: u64,
+}
+
+/// Everything a shard owns.
+pub struct State {
+    /// Live WebSocket connections.
+    pub conns: Slab,
+    /// Local channel index per app: channel -> local subscribers.
+    pub index: Vec<HashMap<Arc<str>, Vec<ConnKey>>>,
+    /// Local signed-in users per app: user id -> connections.
+    pub users: Vec<HashMap<Arc<str>, Vec<ConnKey>>>,
+    /// Cache channels' last events per app.
+    pub cache: Vec<HashMap<Arc<str>, CacheEntry>>,
+    /// Facts homed on this shard.
+    pub home: Home,
+    /// Connections with queued output to flush.
+    pub dirty: Vec<ConnKey>,
+    /// Sequence for socket ids.
+    pub seq: u64,
+    /// Cancels the accept loop on shutdown.
+    pub accept_canceller: Option<monoio::io::Canceller>,
+}
+
+impl State {
+    /// Empty state for `apps` apps.
+    pub fn new(apps: usize) -> State {
+        State {
+            conns: Slab::default(),
+            index: (0..apps).map(|_| HashMap::new()).collect(),
+            users: (0..apps).map(|_| HashMap::new()).collect(),
+            cache: (0..apps).map(|_| HashMap::new()).collect(),
+            home: Home::default(),
+            dirty: Vec::new(),
+            seq: 0,
+            accept_canceller: None,
+        }
+    }
+
+    /// The channel name as stored in the index, so every subscription shares one allocation.
+    pub fn intern(&self, app: AppIdx, name: &str) -> Arc<str> {
+        match self.index[app.0 as usize].get_key_value(name) {
+            Some((k, _)) => k.clone(),
+            None => name.into(),
+        }
+    }
+}
+
+impl Shard {
+    /// Queues a frame to one connection; a slow consumer is closed with 4100.
+    pub fn send_to(&self, st: &mut State, key: ConnKey, frame: Bytes) {
+        let limit = self.shared.config.server.max_outbound_bytes;
+        let Some(conn) = st.conns.get_mut(key) else {
+            return;
+        };
+        match conn.queue(frame, limit) {
+            Queued::Ok(true) => st.dirty.push(key),
+            Queued::Ok(false) | Queued::Closing => {}
+            Queued::Overflow => {
+                ShardMetrics::add(&self.metrics().slow_consumers, 1);
+                let now = self.now_ms();
+                if conn.start_close(
+                    codes::OVER_CAPACITY,
+                    "Outbound buffer full: client too slow",
+                    true,
+                    true,
+                    now,
+                ) {
+                    st.dirty.push(key);
+                }
+            }
+        }
+    }
+
+    /// Starts closing a connection with a Pusher or WebSocket code.
+    pub fn close(&self, st: &mut State, key: ConnKey, code: u16, reason: &str, pusher_error: bool) {
+        let now = self.now_ms();
+        if let Some(conn) = st.conns.get_mut(key) {
+            if conn.start_close(code, reason, pusher_error, false, now) {
+                st.dirty.push(key);
+            }
+        }
+    }
+
+    /// Delivers a publication to this shard's subscribers of its channel.
+    pub fn deliver(&self, st: &mut State, p: &Publication) {
+        ShardMetrics::add(&self.metrics().publications, 1);
+        if let Some(data) = &p.cache_data {
+            let ttl = self.shared.app(p.app).cache_ttl * 1000;
+            let expires = self.now_ms() + ttl;
+            let entry = CacheEntry {
+                frame: p.frame.clone(),
+                data: data.clone(),
+                expires,
+            };
+            let key = st.intern(p.app, &p.channel);
+            st.cache[p.app.0 as usize].insert(key, entry);
+        }
+        let Some(list) = st.index[p.app.0 as usize].get(&p.channel) else {
+            return;
+        };
+        let limit = self.shared.config.server.max_outbound_bytes;
+        let mut delivered = 0u64;
+        let mut overflow = Vec::new();
+        for &key in list {
+            let Some(conn) = st.conns.get_mut(key) else {
+                continue;
+            };
+            if let Some(ex) = &p.except {
+                if conn.socket_id == *ex {
+                    continue;
+                }
+            }
+            match conn.queue(p.frame.clone(), limit) {
+                Queued::Ok(newly) => {
+                    delivered += 1;
+                    if newly {
+                        st.dirty.push(key);
+                    }
+                }
+                Queued::Overflow => overflow.push(key),
+                Queued::Closing => {}
+            }
+        }
+        ShardMetrics::add(&self.metrics().deliveries, delivered);
+        for key in overflow {
+            if let Some(c) = st.conns.get_mut(key) {
+                if c.closing.is_none() {
+                    let now = self.now_ms();
+                    ShardMetrics::add(&self.metrics().slow_consumers, 1);
+                    if c.start_close(
+                        codes::OVER_CAPACITY,
+                        "Outbound buffer full: client too slow",
+                        true,
+                        true,
+                        now,
+                    ) {
+                        st.dirty.push(key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a message on the bus to the home shard of (app, name).
+    pub fn to_home(&self, app: AppIdx, name: &str, msg: BusMsg) {
+        let home = home_of(app, name, self.shared.shards());
+        self.shared.bus.send(home, msg);
+    }
+
+    /// Publishes a frame to a channel on every shard. Returns false when some shard dropped it.
+    pub fn publish(&self, p: Publication) -> bool {
+        let p = Arc::new(p);
+        self.shared.bus.broadcast(|| BusMsg::Publish(p.clone())) == 0
+    }
+
+    /// A reference to a local connection for other shards.
+    pub fn conn_ref(&self, key: ConnKey) -> ConnRef {
+        ConnRef {
+            shard: self.id,
+            key,
+        }
+    }
+}
+
+/// Flushes every dirty connection: one gather-send each; sockets that would block get a writer
+/// task that waits for writability.
+pub fn flush_dirty(shard: &Rc<Shard>) {
+    let mut st = shard.state.borrow_mut();
+    let dirty = std::mem::take(&mut st.dirty);
+    for key in dirty.iter().copied() {
+        let Some(conn) = st.conns.get_mut(key) else {
+            continue;
+        };
+        conn.dirty = false;
+        if conn.writer_active {
+            continue;
+        }
+        match sock::flush(conn.fd, &mut conn.out, &mut conn.out_bytes) {
+            Flush::Done => after_flush(conn),
+            Flush::Blocked => {
+                conn.writer_active = true;
+                monoio::spawn(writer(shard.clone(), key));
+            }
+            Flush::Failed => fail(conn),
+        }
+    }
+    let mut dirty = dirty;
+    dirty.clear();
+    if st.dirty.is_empty() {
+        st.dirty = dirty; // keep the allocation
+    }
+}
+
+fn after_flush(conn: &mut Conn) {
+    if conn.closing.is_some() && conn.out.is_empty() {
+        // Everything, including our close frame, is out: send FIN and wait for the peer's.
+        sock::shutdown(conn.fd, libc::SHUT_WR);
+    }
+}
+
+fn fail(conn: &mut Conn) {
+    conn.out.clear();
+    conn.out_bytes = 0;
+    if conn.closing.is_none() {
+        conn.closing = Some(0);
+    }
+    sock::shutdown(conn.fd, libc::SHUT_RDWR);
+}
+
+async fn writer(shard: Rc<Shard>, key: ConnKey) {
+    loop {
+        let stream = match shard.state.borrow().conns.get(key) {
+            Some(c) => c.stream.clone(),
+            None => return,
+        };
+        let ready = stream.writable(false).await;
+        let mut st = shard.state.borrow_mut();
+        let Some(conn) = st.conns.get_mut(key) else {
+            return;
+        };
+        if ready.is_err() {
+            conn.writer_active = false;
+            fail(conn);
+            return;
+        }
+        match sock::flush(conn.fd, &mut conn.out, &mut conn.out_bytes) {
+            Flush::Done => {
+                conn.writer_active = false;
+                after_flush(conn);
+                return;
+            }
+            Flush::Blocked => continue,
+            Flush::Failed => {
+                conn.writer_active = false;
+                fail(conn);
+                return;
+            }
+        }
+    }
+}
+
+/// Removes a connection after its reader saw end-of-file: leaves every channel, signs out, and
+/// tells the home shards.
+pub fn remove_conn(shard: &Rc<Shard>, key: ConnKey) {
+    let mut st = shard.state.borrow_mut();
+    let Some(conn) = st.conns.remove(key) else {
+        return;
+    };
+    let app = conn.app;
+    for sub in &conn.subs {
+        if sub.state != SubState::Active {
+            continue; // a pending presence join is undone when its answer finds no connection
+        }
+        unindex(&mut st, app, &sub.channel, key);
+        leave_home(shard, app, sub);
+    }
+    if let Some(user) = &conn.user {
+        let users = &mut st.users[app.0 as usize];
+        if let Some(list) = users.get_mut(&user.id) {
+            list.retain(|k| *k != key);
+            if list.is_empty() {
+                users.remove(&user.id);
+            }
+        }
+        sign_out_home(shard, app, user, key);
+    }
+    shard.shared.app_connections[app.0 as usize].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    ShardMetrics::add(&shard.metrics().connections_closed, 1);
+}
+
+/// Drops `key` from the local index of a channel.
+pub fn unindex(st: &mut State, app: AppIdx, channel: &Arc<str>, key: ConnKey) {
+    let index = &mut st.index[app.0 as usize];
+    if let Some(list) = index.get_mut(channel) {
+        if let Some(pos) = list.iter().position(|k| *k == key) {
+            list.swap_remove(pos);
+        }
+        if list.is_empty() {
+            index.remove(channel);
+        }
+    }
+}
+
+/// Tells the channel's home shard that an active subscription ended.
+pub fn leave_home(shard: &Shard, app: AppIdx, sub: &super::conn::Sub) {
+    let msg = match (&sub.member, sub.ty.kind) {
+        (Some(m), ChannelKind::Presence) => BusMsg::PresenceLeave {
+            app,
+            channel: sub.channel.clone(),
+            user_key: m.key.as_str().into(),
+        },
+        _ => BusMsg::SubDelta {
+            app,
+            channel: sub.channel.clone(),
+            delta: -1,
+        },
+    };
+    shard.to_home(app, &sub.channel, msg);
+}
+
+/// Tells the user's home shard (and the watched users' homes) that a signed-in connection left.
+pub fn sign_out_home(shard: &Shard, app: AppIdx, user: &super::conn::SignedIn, key: ConnKey) {
+    if !shard.shared.app(app).watchlist_events {
+        return;
+    }
+    shard.to_home(
+        app,
+        &user.id,
+        BusMsg::UserPresence {
+            app,
+            user: user.id.clone(),
+            delta: -1,
+        },
+    );
+    for (home, users) in group_by_home(shard, app, &user.watchlist) {
+        shard.shared.bus.send(
+            home,
+            BusMsg::Watch {
+                app,
+                users,
+                watcher: shard.conn_ref(key),
+                add: false,
+            },
+        );
+    }
+}
+
+/// Groups user ids by their home shard.
+pub fn group_by_home(
+    shard: &Shard,
+    app: AppIdx,
+    ids: &[Arc<str>],
+) -> Vec<(crate::ids::ShardId, Vec<Arc<str>>)> {
+    let mut groups: Vec<(crate::ids::ShardId, Vec<Arc<str>>)> = Vec::new();
+    for id in ids {
+        let h = home_of(app, id, shard.shared.shards());
+        match groups.iter_mut().find(|(s, _)| *s == h) {
+            Some((_, v)) => v.push(id.clone()),
+            None => groups.push((h, vec![id.clone()])),
+        }
+    }
+    groups
+}
+
+/// The timer sweep, once a second: server pings, pong timeouts (4201), sign-in deadlines (4009),
+/// lingering closes, expired cache entries, throttled subscription counts.
+pub async fn tick(shard: Rc<Shard>) {
+    let cfg = &shard.shared.config.server;
+    let activity = cfg.activity_timeout * 1000;
+    let pong = cfg.pong_timeout * 1000;
+    loop {
+        monoio::time::sleep(Duration::from_millis(500)).await;
+        let now = shard.now_ms();
+        {
+            let mut st = shard.state.borrow_mut();
+            let mut to_close = Vec::new();
+            let mut to_ping = Vec::new();
+            for (key, c) in st.conns.iter_mut() {
+                if let Some(since) = c.closing {
+                    if now.saturating_sub(since) > CLOSE_LINGER_MS {
+                        sock::shutdown(c.fd, libc::SHUT_RDWR);
+                    }
+                    continue;
+                }
+                if let Some(sent) = c.ping_sent {
+                    if now.saturating_sub(sent) >= pong {
+                        to_close.push((
+                            key,
+                            codes::PONG_TIMEOUT,
+                            "Pong reply not received in time",
+                        ));
+                    }
+                } else if now.saturating_sub(c.last_rx) >= activity {
+                    c.ping_sent = Some(now);
+                    to_ping.push(key);
+                }
+                if let Some(deadline) = c.auth_deadline {
+                    if now >= deadline {
+                        to_close.push((
+                            key,
+                            codes::UNAUTHORIZED,
+                            "Connection not authorized within timeout",
+                        ));
+                    }
+                }
+            }
+            for key in to_ping {
+                shard.send_to(&mut st, key, encode::ping());
+            }
+            for (key, code, reason) in to_close {
+                shard.close(&mut st, key, code, reason, true);
+            }
+            for cache in st.cache.iter_mut() {
+                cache.retain(|_, e| e.expires > now);
+            }
+            let due = st.home.due_counts(now);
+            drop(st);
+            for (app, channel, count) in due {
+                super::inbox::publish_count(&shard, app, &channel, count);
+            }
+        }
+        flush_dirty(&shard);
+    }
+}
