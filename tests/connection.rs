@@ -36,9 +36,10 @@ async fn connection_established_is_first_frame_with_string_data() {
 
 #[tokio::test]
 async fn activity_timeout_follows_config() {
-    let mut cfg = Config::default();
-    cfg.activity_timeout = 7;
-    let server = Server::start_with(cfg);
+    let server = Server::start_with(Config {
+        activity_timeout: 7,
+        ..Config::default()
+    });
     let c = server.connect().await;
     assert_eq!(c.activity_timeout, 7);
 }
@@ -188,10 +189,11 @@ async fn client_close_is_echoed() {
 }
 
 fn short_timeouts() -> Config {
-    let mut cfg = Config::default();
-    cfg.activity_timeout = 1;
-    cfg.pong_timeout = 1;
-    cfg
+    Config {
+        activity_timeout: 1,
+        pong_timeout: 1,
+        ..Config::default()
+    }
 }
 
 #[tokio::test]
@@ -248,9 +250,10 @@ async fn any_client_message_counts_as_activity() {
 
 #[tokio::test]
 async fn handshake_timeout_closes_half_finished_upgrade() {
-    let mut cfg = Config::default();
-    cfg.handshake_timeout = 1;
-    let server = Server::start_with(cfg);
+    let server = Server::start_with(Config {
+        handshake_timeout: 1,
+        ..Config::default()
+    });
 
     // Headers never finished.
     let mut partial = Raw::connect(server.addr).await;

@@ -60,9 +60,10 @@ async fn sigterm_without_clients_exits_0_quickly() {
 
 #[tokio::test]
 async fn sigterm_with_unresponsive_client_still_exits_within_grace() {
-    let mut cfg = Config::default();
-    cfg.shutdown_grace = 2;
-    let mut server = Server::start_with(cfg);
+    let mut server = Server::start_with(Config {
+        shutdown_grace: 2,
+        ..Config::default()
+    });
     // A raw client that never reads, with a half-sent HTTP request beside it.
     let _silent = RawWs::connect(&server).await;
     let mut half = Raw::connect(server.addr).await;
