@@ -1,8 +1,6 @@
 //! Process metrics from /proc: resident memory and consumed CPU time of the
 //! server (by PID) and of the harness itself.
 
-use std::time::Instant;
-
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 
@@ -57,14 +55,6 @@ pub fn cpu_seconds(pid: &str) -> Result<f64> {
     Ok((utime + stime) as f64 / clock_ticks())
 }
 
-/// Measures the CPU a process spends between construction and [`CpuMeter::finish`].
-#[derive(Debug, Clone)]
-pub struct CpuMeter {
-    pid: String,
-    start_cpu: f64,
-    start: Instant,
-}
-
 /// CPU use over a measured interval.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct CpuUse {
@@ -81,26 +71,6 @@ impl CpuUse {
             self.cpu_seconds / self.wall_seconds
         } else {
             0.0
-        }
-    }
-}
-
-impl CpuMeter {
-    /// Starts measuring `pid` ("self" for this process).
-    pub fn start(pid: &str) -> Self {
-        CpuMeter {
-            pid: pid.to_string(),
-            start_cpu: cpu_seconds(pid).unwrap_or(0.0),
-            start: Instant::now(),
-        }
-    }
-
-    /// CPU use since the start.
-    pub fn finish(&self) -> CpuUse {
-        CpuUse {
-            cpu_seconds: (cpu_seconds(&self.pid).unwrap_or(self.start_cpu) - self.start_cpu)
-                .max(0.0),
-            wall_seconds: self.start.elapsed().as_secs_f64(),
         }
     }
 }

@@ -326,11 +326,6 @@ impl Group {
         Ok(g)
     }
 
-    /// Number of workers.
-    pub fn procs(&self) -> usize {
-        self.downs.len()
-    }
-
     /// Sets the progress bar's phase text, counter and length.
     pub fn set_bar(&mut self, msg: &str, kind: BarKind, len: u64) {
         self.bar_kind = kind;

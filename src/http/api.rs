@@ -359,6 +359,9 @@ async fn info_json(shard: &Shard, app: AppIdx, channel: &str, info: Info) -> Str
 const OVERLOADED: &str = "Server overloaded: the event did not reach every shard";
 
 async fn trigger(shard: &Rc<Shard>, app: AppIdx, body: &[u8]) -> Response {
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Response::error(400, "Body must be a JSON object");
+    }
     let parsed: EventBody<'_> = match sonic_rs::from_slice(body) {
         Ok(b) => b,
         Err(e) => return Response::error(400, &format!("Invalid JSON body: {e}")),
@@ -394,6 +397,9 @@ struct BatchBody<'a> {
 }
 
 async fn batch(shard: &Rc<Shard>, app: AppIdx, body: &[u8]) -> Response {
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Response::error(400, "Body must be a JSON object");
+    }
     let parsed: BatchBody<'_> = match sonic_rs::from_slice(body) {
         Ok(b) => b,
         Err(e) => return Response::error(400, &format!("Invalid JSON body: {e}")),

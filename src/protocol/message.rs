@@ -44,6 +44,9 @@ struct Envelope<'a> {
 
 /// Parses the envelope of a client message.
 pub fn parse(text: &str) -> Result<ClientMessage<'_>, MessageError> {
+    if !is_object(text) {
+        return Err(MessageError::Malformed("expected a JSON object".into()));
+    }
     let env: Envelope<'_> =
         sonic_rs::from_str(text).map_err(|e| MessageError::Malformed(short(&e.to_string())))?;
     Ok(ClientMessage {
@@ -51,6 +54,11 @@ pub fn parse(text: &str) -> Result<ClientMessage<'_>, MessageError> {
         channel: env.channel,
         data: env.data.map(|d| d.as_raw_cow()),
     })
+}
+
+/// Serde would also read a struct from a JSON array; the protocol only has objects.
+fn is_object(text: &str) -> bool {
+    text.trim_start().starts_with('{')
 }
 
 fn short(s: &str) -> String {
@@ -112,6 +120,9 @@ pub fn subscribe(data: Option<&str>) -> Result<Subscribe, MessageError> {
     };
     let raw = data.ok_or_else(|| bad("missing data"))?;
     let text = object_text(raw, SUBSCRIBE)?;
+    if !is_object(&text) {
+        return Err(bad("data must be an object"));
+    }
     let s: SubscribeRaw<'_> = sonic_rs::from_str(&text).map_err(|e| bad(&short(&e.to_string())))?;
     let channel = s
         .channel
@@ -163,6 +174,9 @@ pub fn signin(data: Option<&str>) -> Result<Signin, MessageError> {
     };
     let raw = data.ok_or_else(|| bad("missing data"))?;
     let text = object_text(raw, SIGNIN)?;
+    if !is_object(&text) {
+        return Err(bad("data must be an object"));
+    }
     let s: SigninRaw<'_> = sonic_rs::from_str(&text).map_err(|e| bad(&short(&e.to_string())))?;
     let auth = s
         .auth
@@ -223,6 +237,9 @@ pub fn presence_member(
     max_id: usize,
     max_info: usize,
 ) -> Result<Member, MemberError> {
+    if !is_object(channel_data) {
+        return Err(MemberError::NotObject);
+    }
     let m: MemberRaw<'_> = sonic_rs::from_str(channel_data).map_err(|_| MemberError::NotObject)?;
     member_from(
         m.user_id.as_ref(),
@@ -283,6 +300,9 @@ pub struct UserData {
 /// Reads sign-in `user_data` (`{"id":"..","user_info":..,"watchlist":[..]}`); `id` must be a
 /// non-empty string.
 pub fn user_data(text: &str, max_id: usize, max_info: usize) -> Result<UserData, MemberError> {
+    if !is_object(text) {
+        return Err(MemberError::NotObject);
+    }
     let m: MemberRaw<'_> = sonic_rs::from_str(text).map_err(|_| MemberError::NotObject)?;
     if !m.id.as_ref().is_some_and(|v| v.is_str()) {
         return Err(MemberError::BadId("id"));

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting and lints, Rust unit and integration tests, the compatibility
+# suites with third-party clients (pusher-js, laravel-echo, the pusher Node and Python SDKs,
+# pysher), and a bench-harness smoke run. Integration and compatibility suites run twice: on
+# io_uring and on monoio's epoll fallback (MONOIO_FORCE_LEGACY_DRIVER=1).
+# Expects the compatibility dependencies to be installed (tests/install-compat-deps.sh).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+passed=0
+failed=0
+failures=()
+step() {
+  local name="$1"
+  shift
+  echo "=== $name"
+  if "$@"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    failures+=("$name")
+  fi
+}
+
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+step "cargo build" cargo build --workspace
+export RINGPUSH_BIN="$PWD/target/debug/ringpush"
+step "cargo test (io_uring)" cargo test --workspace
+step "cargo test (epoll)" env MONOIO_FORCE_LEGACY_DRIVER=1 cargo test --workspace --tests
+step "compat suites (io_uring)" bash tests/compat.sh
+step "compat suites (epoll)" env MONOIO_FORCE_LEGACY_DRIVER=1 bash tests/compat.sh
+step "bench-harness smoke" bash perf/run-smoke.sh
+
+echo
+if [ "$failed" -gt 0 ]; then
+  printf 'failed step: %s\n' "${failures[@]}"
+fi
+echo "suites: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
