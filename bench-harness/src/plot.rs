@@ -131,6 +131,9 @@ pub fn series_svg(path: &Path, title: &str, y_desc: &str, series: &[(&str, &[f64
     Ok(())
 }
 
+/// Chooses the timeline series that go into one plot.
+type SeriesFilter = fn(&str) -> bool;
+
 /// Writes every plot of a report into `dir`; returns the files written.
 pub fn write_all(dir: &Path, report: &RunReport) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
@@ -149,20 +152,16 @@ pub fn write_all(dir: &Path, report: &RunReport) -> Result<Vec<PathBuf>> {
         files.push(p);
     }
     let t = &report.timeline_per_s;
-    let pick = |pred: &dyn Fn(&str) -> bool| -> Vec<(&str, &[f64])> {
+    let pick = |pred: SeriesFilter| -> Vec<(&str, &[f64])> {
         t.iter()
             .filter(|(k, v)| pred(k) && !v.is_empty())
             .map(|(k, v)| (k.as_str(), v.as_slice()))
             .collect()
     };
-    let groups: [(&str, &str, &dyn Fn(&str) -> bool); 3] = [
-        ("throughput", "events per second", &|k: &str| {
-            k.ends_with("_per_s")
-        }),
-        ("cpu", "CPU %", &|k: &str| k.ends_with("cpu_percent")),
-        ("memory", "server RSS (MiB)", &|k: &str| {
-            k == "server_rss_mib"
-        }),
+    let groups: [(&str, &str, SeriesFilter); 3] = [
+        ("throughput", "events per second", |k| k.ends_with("_per_s")),
+        ("cpu", "CPU %", |k| k.ends_with("cpu_percent")),
+        ("memory", "server RSS (MiB)", |k| k == "server_rss_mib"),
     ];
     for (name, y, pred) in groups {
         let series = pick(pred);
