@@ -48,6 +48,13 @@ pub struct ServerConfig {
     pub max_channel_name_length: usize,
     /// Messages waiting in one shard's bus inbox before publishes to it are dropped and counted.
     pub bus_capacity: usize,
+    /// Webhook events waiting for the side-car (queued, delayed, batched or being retried)
+    /// before new ones are dropped and counted.
+    pub webhook_queue: usize,
+    /// Webhook requests in flight at once.
+    pub webhook_concurrency: usize,
+    /// Seconds one webhook request may take before it counts as failed.
+    pub webhook_timeout: u64,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +72,9 @@ impl Default for ServerConfig {
             max_request_body: 1024 * 1024,
             max_channel_name_length: 200,
             bus_capacity: 1 << 20,
+            webhook_queue: 100_000,
+            webhook_concurrency: 64,
+            webhook_timeout: 10,
         }
     }
 }
@@ -107,6 +117,11 @@ pub struct AppConfig {
     pub batch_webhooks: bool,
     /// Seconds `channel_vacated` / `member_removed` wait, cancelled by a quick return.
     pub webhook_delay: u64,
+    /// Seconds a failing webhook is retried (exponential backoff with jitter) before it is
+    /// dropped and counted.
+    pub webhook_retry_window: u64,
+    /// Milliseconds events are collected into one request when `batch_webhooks` is on.
+    pub webhook_batch_ms: u64,
     /// Webhook targets.
     pub webhooks: Vec<WebhookConfig>,
 }
@@ -131,6 +146,8 @@ impl Default for AppConfig {
             authorized_connections_timeout: 0,
             batch_webhooks: false,
             webhook_delay: 3,
+            webhook_retry_window: 300,
+            webhook_batch_ms: 250,
             webhooks: Vec::new(),
         }
     }
@@ -175,6 +192,17 @@ pub struct Overrides {
     /// `--workers`
     pub workers: Option<usize>,
 }
+
+/// Webhook event names.
+pub const WEBHOOK_EVENTS: [&str; 7] = [
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
+    "subscription_count",
+];
 
 /// Prefix of environment variables that override configuration keys.
 const ENV_PREFIX: &str = "RINGPUSH_";
@@ -253,6 +281,9 @@ impl Config {
         if s.bus_capacity < 1024 {
             bail!("server.bus_capacity must be at least 1024");
         }
+        if s.webhook_queue == 0 || s.webhook_concurrency == 0 || s.webhook_timeout == 0 {
+            bail!("server.webhook_queue, webhook_concurrency and webhook_timeout must be greater than 0");
+        }
         if s.host.parse::<std::net::IpAddr>().is_err() {
             bail!("server.host must be an IP address, got {:?}", s.host);
         }
@@ -282,8 +313,16 @@ impl Config {
                 bail!("apps[{i}].cache_ttl must be greater than 0");
             }
             for (j, w) in a.webhooks.iter().enumerate() {
-                if !w.url.starts_with("http://") {
-                    bail!("apps[{i}].webhooks[{j}].url must start with http://");
+                if !w.url.starts_with("http://") || w.url.parse::<hyper::Uri>().is_err() {
+                    bail!("apps[{i}].webhooks[{j}].url must be a valid http:// URL");
+                }
+                for t in &w.event_types {
+                    if !WEBHOOK_EVENTS.contains(&t.as_str()) {
+                        bail!(
+                            "apps[{i}].webhooks[{j}].event_types: unknown event {t:?} (known: {})",
+                            WEBHOOK_EVENTS.join(", ")
+                        );
+                    }
                 }
             }
         }

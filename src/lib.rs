@@ -11,4 +11,5 @@ pub mod ids;
 pub mod metrics;
 pub mod protocol;
 pub mod shard;
+pub mod webhooks;
 pub mod ws;

@@ -74,10 +74,11 @@ fn run() -> Result<()> {
         tracing::info!(signal = sig, "shutting down: asking clients to reconnect");
     }
     server.shutdown();
-    let deadline = Instant::now() + grace + Duration::from_secs(2);
+    let deliver_by = Instant::now() + grace;
+    let deadline = deliver_by + Duration::from_secs(2);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        server.join();
+        server.join(deliver_by);
         let _ = tx.send(());
     });
     if rx

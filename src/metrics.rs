@@ -39,6 +39,7 @@ impl ShardMetrics {
 }
 
 /// Named series for the exposition.
+#[derive(Clone, Copy)]
 pub struct Series<'a> {
     /// Metric name.
     pub name: &'a str,

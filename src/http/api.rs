@@ -79,6 +79,37 @@ fn metrics_page(shard: &Shard) -> Response {
             value: shard.shared.uring as u64,
         },
     ];
+    let mut extra = extra.to_vec();
+    if let Some(w) = &shard.shared.webhooks {
+        let s = &w.stats;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        extra.extend([
+            Series {
+                name: "ringpush_webhooks_sent_total",
+                help: "Webhook requests answered with 2xx",
+                kind: "counter",
+                value: load(&s.sent),
+            },
+            Series {
+                name: "ringpush_webhooks_retried_total",
+                help: "Webhook attempts that failed and were retried",
+                kind: "counter",
+                value: load(&s.retried),
+            },
+            Series {
+                name: "ringpush_webhooks_failed_total",
+                help: "Webhook requests given up after the retry window",
+                kind: "counter",
+                value: load(&s.failed),
+            },
+            Series {
+                name: "ringpush_webhooks_dropped_total",
+                help: "Webhook events dropped (queue full or shutdown)",
+                kind: "counter",
+                value: load(&s.dropped),
+            },
+        ]);
+    }
     Response::text(
         200,
         "text/plain; version=0.0.4",

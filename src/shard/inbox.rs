@@ -13,6 +13,7 @@ use crate::bus::{BusMsg, Publication, Query};
 use crate::ids::{AppIdx, ConnKey};
 use crate::protocol::channel::{type_of, ChannelKind};
 use crate::protocol::{codes, encode};
+use crate::webhooks::HookKind;
 
 /// Messages handled before the flush and a yield to other tasks.
 const BATCH: usize = 1024;
@@ -80,7 +81,12 @@ fn handle(shard: &Shard, st: &mut State, msg: BusMsg) {
             channel,
             delta,
         } => {
-            let (_, after) = st.home.sub_delta(app, &channel, delta);
+            let (before, after) = st.home.sub_delta(app, &channel, delta);
+            if before == 0 && after > 0 {
+                shard.hook(app, &channel, HookKind::ChannelOccupied);
+            } else if before > 0 && after == 0 {
+                shard.hook(app, &channel, HookKind::ChannelVacated);
+            }
             count_changed(shard, st, app, &channel, after);
         }
         BusMsg::PresenceJoin {
@@ -111,7 +117,12 @@ fn handle(shard: &Shard, st: &mut State, msg: BusMsg) {
                 },
             );
             if let Ok(j) = result {
+                if j.occupied {
+                    shard.hook(app, &channel, HookKind::ChannelOccupied);
+                }
                 if j.first {
+                    let user_id = member.key.clone();
+                    shard.hook(app, &channel, HookKind::MemberAdded { user_id });
                     let data = encode::member_json(&member.raw_id, member.info.as_deref());
                     let frame = encode::event_with_string_data(
                         "pusher_internal:member_added",
@@ -143,6 +154,13 @@ fn handle(shard: &Shard, st: &mut State, msg: BusMsg) {
             user_key,
         } => {
             let left = st.home.leave(app, &channel, &user_key);
+            if left.removed.is_some() {
+                let user_id = user_key.to_string();
+                shard.hook(app, &channel, HookKind::MemberRemoved { user_id });
+            }
+            if left.vacated {
+                shard.hook(app, &channel, HookKind::ChannelVacated);
+            }
             if let Some(raw_id) = left.removed {
                 let data = encode::member_json(&raw_id, None);
                 let frame = encode::event_with_string_data(
@@ -241,6 +259,7 @@ pub fn publish_count(shard: &Shard, app: AppIdx, channel: &Arc<str>, count: usiz
     let inner = format!("{{\"subscription_count\":{count}}}");
     let frame =
         encode::event_with_string_data("pusher_internal:subscription_count", Some(channel), &inner);
+    shard.hook(app, channel, HookKind::SubscriptionCount { count });
     shard.publish(Publication {
         app,
         channel: channel.clone(),

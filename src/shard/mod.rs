@@ -24,6 +24,7 @@ use crate::bus::{Bus, BusMsg};
 use crate::config::{AppConfig, Config};
 use crate::ids::{AppIdx, ShardId};
 use crate::metrics::ShardMetrics;
+use crate::webhooks::{Hook, HookKind, Webhooks};
 pub use state::State;
 
 /// Read-only state shared by every shard, plus a few process-wide atomics.
@@ -46,6 +47,8 @@ pub struct Shared {
     pub shutting_down: AtomicBool,
     /// Whether shards run on io_uring (false: epoll fallback).
     pub uring: bool,
+    /// The webhook side-car, when any app has webhooks.
+    pub webhooks: Option<Webhooks>,
 }
 
 impl Shared {
@@ -83,6 +86,20 @@ impl Shard {
     pub fn metrics(&self) -> &ShardMetrics {
         &self.shared.metrics[self.id.0 as usize]
     }
+
+    /// Reports a webhook event, when the app has webhooks.
+    pub fn hook(&self, app: AppIdx, channel: &std::sync::Arc<str>, kind: HookKind) {
+        if let Some(w) = &self.shared.webhooks {
+            if !self.shared.app(app).webhooks.is_empty() {
+                ShardMetrics::add(&self.metrics().webhooks_queued, 1);
+                w.emit(Hook {
+                    app,
+                    channel: channel.clone(),
+                    kind,
+                });
+            }
+        }
+    }
 }
 
 /// A running server: the bound address and the shard threads.
@@ -107,6 +124,7 @@ impl Server {
             by_id.insert(a.id.clone(), AppIdx(i as u16));
         }
         let uring = monoio::utils::detect_uring();
+        let webhooks = Webhooks::start(&config)?;
         let shared = Arc::new(Shared {
             bus: Bus::new(shards, config.server.bus_capacity),
             app_connections: config.apps.iter().map(|_| AtomicUsize::new(0)).collect(),
@@ -114,6 +132,7 @@ impl Server {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             uring,
+            webhooks,
             by_key,
             by_id,
             config,
@@ -178,10 +197,14 @@ impl Server {
         }
     }
 
-    /// Waits for every shard thread to finish.
-    pub fn join(self) {
+    /// Waits for every shard thread to finish, then lets the webhook side-car deliver what is
+    /// pending until `deadline`.
+    pub fn join(self, deadline: Instant) {
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(w) = &self.shared.webhooks {
+            w.finish(deadline);
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::metrics::ShardMetrics;
 use crate::protocol::channel::{self, ChannelKind, ChannelType, SERVER_TO_USER_PREFIX};
 use crate::protocol::message::{self, ClientMessage, Member};
 use crate::protocol::{codes, encode};
+use crate::webhooks::HookKind;
 
 /// Most channels one connection may join.
 pub const MAX_SUBSCRIPTIONS: usize = 1000;
@@ -229,7 +230,10 @@ pub fn after_join(
     let now = shard.now_ms();
     let frame = match st.cache[app.0 as usize].get(channel) {
         Some(e) if e.expires > now => e.frame.clone(),
-        _ => encode::event("pusher:cache_miss", Some(channel), None),
+        _ => {
+            shard.hook(app, channel, HookKind::CacheMiss);
+            encode::event("pusher:cache_miss", Some(channel), None)
+        }
     };
     shard.send_to(st, key, frame);
 }
@@ -434,6 +438,18 @@ fn client_event(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage
     let json = encode::event_json(&msg.event, Some(&channel), Some(data), user_id.as_deref());
     let frame = crate::ws::codec::text(json.as_bytes());
     ShardMetrics::add(&shard.metrics().client_events, 1);
+    let hook_user = sub
+        .member
+        .as_ref()
+        .filter(|_| sub.ty.kind == ChannelKind::Presence)
+        .map(|m| m.key.clone());
+    let hook = HookKind::ClientEvent {
+        event: msg.event.to_string(),
+        data: data.to_string(),
+        socket_id: conn.socket_id.to_string(),
+        user_id: hook_user,
+    };
+    shard.hook(app, &channel, hook);
     shard.publish(Publication {
         app,
         channel,
