@@ -281,7 +281,9 @@ pub fn remove_conn(shard: &Rc<Shard>, key: ConnKey) {
             continue; // a pending presence join is undone when its answer finds no connection
         }
         unindex(&mut st, app, &sub.channel, key);
-        leave_home(shard, app, sub);
+        if sub.ty.kind != ChannelKind::ServerToUser {
+            leave_home(shard, app, sub);
+        }
     }
     if let Some(user) = &conn.user {
         let users = &mut st.users[app.0 as usize];
