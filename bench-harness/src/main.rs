@@ -117,6 +117,7 @@ async fn parent_main(ctx: Arc<Ctx>, nofile: u64) -> Result<ExitCode> {
     let started = Instant::now();
     let started_unix = metrics::unix_ns() / 1_000_000_000;
     let self_sampler = Sampler::spawn("self".into(), Duration::from_millis(250));
+    let system_sampler = Sampler::spawn("system".into(), Duration::from_millis(250));
     let server_sampler = ctx.common.server_pid.map(|pid| {
         (
             pid,
@@ -139,7 +140,7 @@ async fn parent_main(ctx: Arc<Ctx>, nofile: u64) -> Result<ExitCode> {
         });
         Group::in_process(1, quiet, f)
     } else {
-        Group::spawn_children(procs, quiet)?
+        Group::spawn_children(procs, quiet, (scenarios::RUN_TAG_ENV, &ctx.run_tag))?
     };
 
     let outcome =
@@ -166,6 +167,7 @@ async fn parent_main(ctx: Arc<Ctx>, nofile: u64) -> Result<ExitCode> {
         threads: ctx.common.threads.max(1),
         self_samples: self_sampler.stop(),
         server: server_sampler.map(|(pid, s)| (pid, s.stop())),
+        system_samples: system_sampler.stop(),
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     let report = RunReport::build(info, outcome);

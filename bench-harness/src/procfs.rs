@@ -23,8 +23,38 @@ fn clock_ticks() -> f64 {
     }
 }
 
-/// Reads RSS and CPU time of `pid` ("self" for the harness process).
+/// Busy CPU seconds of the whole machine (all cores) from /proc/stat.
+pub fn system_busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow!("no cpu line in /proc/stat"))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+    let busy: u64 = v
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    Ok(busy as f64 / clock_ticks())
+}
+
+/// Reads RSS and CPU time of `pid` ("self" for the harness process, "system"
+/// for the busy CPU time of the whole machine with RSS 0).
 pub fn sample(pid: &str) -> Result<ProcSample> {
+    if pid == "system" {
+        return Ok(ProcSample {
+            rss_bytes: 0,
+            cpu_seconds: system_busy_seconds()?,
+        });
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let rss_kb = status

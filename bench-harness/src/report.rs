@@ -87,6 +87,12 @@ pub struct HarnessStats {
     pub wall_seconds: f64,
     /// Cores used by the busiest harness process within the measured window.
     pub busiest_process_cores_in_window: Option<f64>,
+    /// Cores used by all harness processes within the measured window.
+    pub all_processes_cores_in_window: Option<f64>,
+    /// Cores busy on the whole machine within the measured window.
+    pub machine_cores_busy_in_window: Option<f64>,
+    /// Cores in the machine.
+    pub machine_cores: usize,
 }
 
 /// Whether the numbers can be trusted, and why not.
@@ -163,6 +169,8 @@ pub struct BuildInfo<'a> {
     pub self_samples: Vec<TimedSample>,
     /// Server PID and samples.
     pub server: Option<(u32, Vec<TimedSample>)>,
+    /// Busy CPU samples of the whole machine.
+    pub system_samples: Vec<TimedSample>,
     /// Wall-clock seconds of the run.
     pub wall_seconds: f64,
 }
@@ -228,6 +236,23 @@ impl RunReport {
                 .filter_map(|s| window_use(s, a, b).map(|u| u.cores()))
                 .reduce(f64::max)
         });
+        let harness_window: Option<f64> = outcome.window.map(|(a, b)| {
+            procs_samples
+                .iter()
+                .filter_map(|s| window_use(s, a, b).map(|u| u.cores()))
+                .sum()
+        });
+        let machine_window = outcome
+            .window
+            .and_then(|(a, b)| window_use(&info.system_samples, a, b))
+            .map(|u| u.cores());
+        let machine_cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        timeline.insert(
+            "machine_cpu_percent".into(),
+            cpu_percent_per_second(&info.system_samples, epoch),
+        );
         timeline.insert(
             "harness_parent_cpu_percent".into(),
             cpu_percent_per_second(&info.self_samples, epoch),
@@ -290,6 +315,20 @@ impl RunReport {
                 }
             }
         }
+        let server_window = server.as_ref().and_then(|s| s.cores_in_window);
+        if let (Some(busy), Some(h)) = (machine_window, harness_window) {
+            let others = busy - h - server_window.unwrap_or(0.0);
+            if busy >= 0.95 * machine_cores as f64 {
+                rates_ok = false;
+                notes.push(format!(
+                    "machine CPU saturated while measuring ({busy:.2} of {machine_cores} cores busy; other processes {others:.2} cores): latency is not representative"
+                ));
+            } else if info.server.is_some() && others > 0.25 * machine_cores as f64 {
+                notes.push(format!(
+                    "other processes used {others:.2} cores while measuring: results may be disturbed"
+                ));
+            }
+        }
         let lost = match (outcome.expected, outcome.delivered) {
             (Some(e), Some(d)) => e.saturating_sub(d),
             _ => 0,
@@ -320,6 +359,9 @@ impl RunReport {
                 cpu_seconds_total: cpu_total,
                 wall_seconds: info.wall_seconds,
                 busiest_process_cores_in_window: busiest,
+                all_processes_cores_in_window: harness_window,
+                machine_cores_busy_in_window: machine_window,
+                machine_cores,
             },
             validity: Validity {
                 rates: outcome.rates,
@@ -361,6 +403,13 @@ impl RunReport {
                 .map(|c| format!(", busiest process {c:.2} cores while measuring"))
                 .unwrap_or_default()
         );
+        if let Some(busy) = self.harness.machine_cores_busy_in_window {
+            let _ = writeln!(
+                s,
+                "machine: {busy:.2} of {} cores busy while measuring",
+                self.harness.machine_cores
+            );
+        }
         for (k, v) in &self.metrics {
             let _ = writeln!(s, "  {k:<40} {}", fmt_num(*v));
         }

@@ -293,7 +293,7 @@ impl Group {
     }
 
     /// Runs `procs` workers as child processes of this executable with the same arguments.
-    pub fn spawn_children(procs: usize, quiet: bool) -> Result<Self> {
+    pub fn spawn_children(procs: usize, quiet: bool, env: (&str, &str)) -> Result<Self> {
         let (mut g, tx) = Self::empty(procs, quiet);
         let exe = std::env::current_exe().context("locating the harness executable")?;
         let args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -302,6 +302,7 @@ impl Group {
                 .args(&args)
                 .arg("--worker")
                 .arg(format!("{index}/{procs}"))
+                .env(env.0, env.1)
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::inherit())

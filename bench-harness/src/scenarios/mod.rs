@@ -49,7 +49,12 @@ pub struct Ctx {
     pub timeout: Duration,
     /// When the run must be over.
     pub deadline: tokio::time::Instant,
+    /// Per-run tag in channel names, so runs against a long-lived server do not mix.
+    pub run_tag: String,
 }
+
+/// Environment variable carrying the run tag from the parent to its worker processes.
+pub const RUN_TAG_ENV: &str = "BENCH_HARNESS_RUN_TAG";
 
 impl Ctx {
     /// Validates the targets and builds the context.
@@ -74,6 +79,8 @@ impl Ctx {
             http,
             timeout,
             deadline: tokio::time::Instant::now() + timeout,
+            run_tag: std::env::var(RUN_TAG_ENV)
+                .unwrap_or_else(|_| format!("{:x}", unix_ns() / 1_000_000 % 0xffffff)),
         })
     }
 
@@ -92,9 +99,9 @@ impl Ctx {
         Duration::from_secs_f64(self.common.connect_timeout)
     }
 
-    /// Channel name `{kind}{prefix}-{i}`, e.g. `private-bench-3`.
+    /// Channel name `{kind}{prefix}-{tag}-{i}`, e.g. `private-bench-1a2b3c-3`.
     pub fn channel(&self, kind: &str, i: usize) -> String {
-        format!("{kind}{}-{i}", self.common.channel_prefix)
+        format!("{kind}{}-{}-{i}", self.common.channel_prefix, self.run_tag)
     }
 
     /// Opens connection `g` and waits for `pusher:connection_established`.
@@ -230,6 +237,18 @@ pub fn instant_of(unix: u64) -> tokio::time::Instant {
         now_i + Duration::from_nanos(unix - now)
     } else {
         now_i
+    }
+}
+
+/// Waits until unix time `target_ns` more precisely than the runtime's 1 ms
+/// timer: sleeps to about 1 ms before, then yields until the time is reached.
+pub async fn precise_sleep_until(target_ns: u64) {
+    const SPIN_NS: u64 = 1_000_000;
+    if target_ns > unix_ns() + SPIN_NS {
+        tokio::time::sleep_until(instant_of(target_ns - SPIN_NS)).await;
+    }
+    while unix_ns() < target_ns {
+        tokio::task::yield_now().await;
     }
 }
 

@@ -24,8 +24,12 @@ use crate::workers::{BarKind, Group, Shard, WorkerLink};
 /// Presence member limit of common servers.
 const MEMBER_LIMIT: f64 = 100.0;
 
-fn channel_data(user_id: &str, t: u64) -> String {
-    format!(r#"{{"user_id":"{user_id}","user_info":{{"t":{t}}}}}"#)
+/// Presence channel_data; churners put their scheduled join time in user_info.
+fn channel_data(user_id: &str, t: Option<u64>) -> String {
+    match t {
+        Some(t) => format!(r#"{{"user_id":"{user_id}","user_info":{{"t":{t}}}}}"#),
+        None => format!(r#"{{"user_id":"{user_id}","user_info":{{}}}}"#),
+    }
 }
 
 /// Worker side: observers subscribe and watch; churners join and leave on schedule.
@@ -85,7 +89,7 @@ async fn observe(
     ch: usize,
 ) {
     let channel = ctx.channel("presence-", ch);
-    let data = channel_data(&format!("obs-{g}"), 0);
+    let data = channel_data(&format!("obs-{g}"), None);
     let auth = presence_auth(
         &ctx.creds.key,
         &ctx.creds.secret,
@@ -149,7 +153,7 @@ async fn churn(
         }
         tokio::time::sleep_until(instant_of(sched)).await;
         let channel = ctx.channel("presence-", j % k);
-        let data = channel_data(&format!("u-{j}"), sched);
+        let data = channel_data(&format!("u-{j}"), Some(sched));
         let auth = presence_auth(
             &ctx.creds.key,
             &ctx.creds.secret,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinSet;
 
-use super::{instant_of, Ctx, BENCH_EVENT};
+use super::{precise_sleep_until, Ctx, BENCH_EVENT};
 use crate::cli::FanoutArgs;
 use crate::http::ApiClient;
 use crate::metrics::{unix_ns, Stats};
@@ -45,7 +45,7 @@ pub async fn publish(ctx: Arc<Ctx>, a: FanoutArgs, epoch_ns: u64, stats: Arc<Sta
                     stats.count("publish_skipped", (total - m).div_ceil(publishers));
                     break;
                 }
-                tokio::time::sleep_until(instant_of(sched)).await;
+                precise_sleep_until(sched).await;
                 let lag = unix_ns().saturating_sub(sched) / 1000;
                 stats.record_us("publish_lag", lag);
                 let ch = (m % k as u64) as usize;
