@@ -523,3 +523,15 @@ async fn terminate_connections_returns_empty_object() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json(), json!({}));
 }
+
+#[tokio::test]
+async fn reserved_event_name_prefix_is_400() {
+    let server = Server::start();
+    let api = server.api();
+    for name in ["pusher:fake", "pusher_internal:fake"] {
+        let r = api
+            .events(&json!({"name":name,"channel":"c","data":"d"}))
+            .await;
+        r.assert_error(400);
+    }
+}

@@ -230,3 +230,26 @@ async fn authorized_connections_timeout_closes_unauthorized_only() {
     signed.assert_alive().await;
     private.assert_alive().await;
 }
+
+#[tokio::test]
+async fn watchlist_over_100_ids_gets_4302_after_success() {
+    let server = Server::start_with(Config::with_app(
+        App::default().with("watchlist_events", true),
+    ));
+    let app = server.app();
+    let mut c = server.connect().await;
+    let ids: Vec<String> = (0..101).map(|i| format!("w{i}")).collect();
+    let ud = json!({"id":"big-watcher","watchlist":ids}).to_string();
+    c.signin(&app, &ud).await;
+    let mut saw_4302 = false;
+    for ev in c.ping_sync().await {
+        if ev["event"] == "pusher:error" {
+            assert_eq!(ev["data"]["code"], json!(4302), "{ev}");
+            saw_4302 = true;
+        } else {
+            assert_eq!(ev["event"], "pusher_internal:watchlist_events", "{ev}");
+        }
+    }
+    assert!(saw_4302, "pusher:error 4302 for a watchlist over 100 ids");
+    c.assert_alive().await;
+}

@@ -47,6 +47,8 @@ pub struct App {
     pub secret: String,
     /// Extra `key = value` lines (value already TOML-encoded).
     pub extra: Vec<(String, String)>,
+    /// Bodies of `[[apps.webhooks]]` tables (TOML lines).
+    pub webhooks: Vec<String>,
 }
 
 impl App {
@@ -57,12 +59,19 @@ impl App {
             key: key.to_string(),
             secret: secret.to_string(),
             extra: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 
     /// Adds a setting; `value` is written into the TOML file verbatim.
     pub fn with(mut self, key: &str, value: impl ToString) -> Self {
         self.extra.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Adds a `[[apps.webhooks]]` table with these TOML lines.
+    pub fn webhook(mut self, body: &str) -> Self {
+        self.webhooks.push(body.to_string());
         self
     }
 
@@ -73,6 +82,9 @@ impl App {
         s += &format!("secret = {}\n", toml_str(&self.secret));
         for (k, v) in &self.extra {
             s += &format!("{k} = {v}\n");
+        }
+        for w in &self.webhooks {
+            s += &format!("[[apps.webhooks]]\n{w}\n");
         }
         s
     }
