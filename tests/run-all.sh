@@ -3,10 +3,11 @@
 # suites with third-party clients (pusher-js, laravel-echo, the pusher Node and Python SDKs,
 # pysher), and a bench-harness smoke run. Integration and compatibility suites run twice: on
 # io_uring and on monoio's epoll fallback (MONOIO_FORCE_LEGACY_DRIVER=1).
-# Expects the compatibility dependencies to be installed (tests/install-compat-deps.sh).
+# Installs the compatibility dependencies first (idempotent; npm and PyPI only).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+bash tests/install-compat-deps.sh || { echo "installing test dependencies failed"; exit 1; }
 
 passed=0
 failed=0

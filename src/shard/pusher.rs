@@ -38,7 +38,8 @@ pub fn on_message(shard: &Shard, st: &mut State, key: ConnKey, text: &str) {
         "pusher:signin" => signin(shard, st, key, &msg),
         e if e.starts_with("client-") => client_event(shard, st, key, &msg),
         e if e.starts_with("pusher:") || e.starts_with("pusher_internal:") => {
-            tracing::debug!(event = e, "ignoring unknown pusher event from client");
+            tracing::debug!(event = e, "unknown pusher event from client");
+            error(shard, st, key, None, &format!("Unsupported event {e}"));
         }
         _ => error(
             shard,

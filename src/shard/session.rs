@@ -55,14 +55,16 @@ pub async fn run(shard: Rc<Shard>, stream: TcpStream) {
             if !ready {
                 return; // handshake timeout (slowloris) or socket error: just close
             }
-            match read_into(fd, &mut buf, request::MAX_HEAD + max_body) {
+            match read_into(&shard, fd, &mut buf, request::MAX_HEAD + max_body) {
                 Recv::Data(_) | Recv::WouldBlock => {}
                 Recv::Closed => return,
             }
         };
         ShardMetrics::add(&shard.metrics().http_requests, 1);
         if req.is_upgrade() {
-            websocket(shard, stream, *req, buf).await;
+            // Boxed so this task's future stays small; the upgrade ends this task and the
+            // connection continues in a lean read-loop task of its own.
+            Box::pin(websocket(shard, stream, *req, buf)).await;
             return;
         }
         if shard.shared.shutting_down.load(Ordering::Relaxed) {
@@ -70,7 +72,7 @@ pub async fn run(shard: Rc<Shard>, stream: TcpStream) {
             let _ = write_all(&stream, &resp.to_bytes(false)).await;
             return;
         }
-        let resp = api::handle(&shard, &req).await;
+        let resp = Box::pin(api::handle(&shard, &req)).await;
         if write_all(&stream, &resp.to_bytes(req.keep_alive))
             .await
             .is_err()
@@ -81,17 +83,18 @@ pub async fn run(shard: Rc<Shard>, stream: TcpStream) {
     }
 }
 
-/// Appends what the socket has to `buf`, up to `max` bytes in total.
-fn read_into(fd: i32, buf: &mut Vec<u8>, max: usize) -> Recv {
+/// Appends what the socket has to `buf` (through the shard's scratch buffer, so a connection
+/// only ever holds the bytes it received), up to `max` bytes in total.
+fn read_into(shard: &Shard, fd: i32, buf: &mut Vec<u8>, max: usize) -> Recv {
     if buf.len() >= max {
         return Recv::Closed;
     }
-    let old = buf.len();
-    let want = (max - old).min(16 * 1024);
-    buf.resize(old + want, 0);
-    let r = sock::recv(fd, &mut buf[old..]);
-    let got = if let Recv::Data(n) = r { n } else { 0 };
-    buf.truncate(old + got);
+    let mut scratch = shard.scratch.borrow_mut();
+    let want = (max - buf.len()).min(scratch.len());
+    let r = sock::recv(fd, &mut scratch[..want]);
+    if let Recv::Data(n) = r {
+        buf.extend_from_slice(&scratch[..n]);
+    }
     r
 }
 
@@ -205,6 +208,12 @@ async fn websocket(shard: Rc<Shard>, stream: Rc<TcpStream>, req: Request, leftov
         frames::process(&shard, &mut st, ckey, &mut data);
     }
     flush_dirty(&shard);
+    monoio::spawn(read_loop(shard, stream, ckey));
+}
+
+/// The life of an established WebSocket: wait for readiness, read, repeat. Its future holds
+/// only the shard, the socket and the key.
+async fn read_loop(shard: Rc<Shard>, stream: Rc<TcpStream>, ckey: crate::ids::ConnKey) {
     loop {
         if stream.readable(false).await.is_err() {
             break;

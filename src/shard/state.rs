@@ -221,6 +221,10 @@ pub fn flush_dirty(shard: &Rc<Shard>) {
 }
 
 fn after_flush(conn: &mut Conn) {
+    // A burst can leave a large ring behind; idle connections should not keep it.
+    if conn.out.capacity() > 16 {
+        conn.out = Default::default();
+    }
     if conn.closing.is_some() && conn.out.is_empty() {
         // Everything, including our close frame, is out: send FIN and wait for the peer's.
         sock::shutdown(conn.fd, libc::SHUT_WR);
