@@ -418,7 +418,7 @@ mod tests {
         };
         let u: Arc<str> = "u".into();
         assert_eq!(
-            h.watch(app, &[u.clone()], w, true),
+            h.watch(app, std::slice::from_ref(&u), w, true),
             (vec![], vec![u.clone()])
         );
         assert_eq!(
@@ -437,7 +437,7 @@ mod tests {
                 watchers: vec![w]
             })
         );
-        h.watch(app, &[u.clone()], w, false);
+        h.watch(app, std::slice::from_ref(&u), w, false);
         assert!(h.users.is_empty());
     }
 }
