@@ -4,6 +4,7 @@ Starts the real server binary (RINGPUSH_BIN, default <repo>/target/debug/ringpus
 generated TOML config on port 0, and offers helpers around the `pusher` server SDK and the
 `pysher` websocket client.
 """
+import base64
 import itertools
 import json
 import os
@@ -23,18 +24,19 @@ DEFAULT_BIN = os.path.normpath(os.path.join(HERE, "..", "..", "target", "debug",
 BIN = os.environ.get("RINGPUSH_BIN", DEFAULT_BIN)
 WORKERS = 2
 TIMEOUT = 5.0
+ENCRYPTION_MASTER_KEY_BASE64 = base64.b64encode(b"ringpush-python-master-key-32byt").decode()
 LISTEN_RE = re.compile(r"^ringpush listening on ([0-9.]+):(\d+)$")
 
 APPS = [
     {
-        "id": "py-app-1",
+        "id": "1001",
         "key": "py-key-1",
         "secret": "py-secret-1",
         "client_events": True,
         "subscription_count": True,
     },
     {
-        "id": "py-app-2",
+        "id": "1002",
         "key": "py-key-2",
         "secret": "py-secret-2",
     },
@@ -162,6 +164,7 @@ class Server:
             ssl=False,
             host="127.0.0.1",
             port=self.port,
+            encryption_master_key_base64=ENCRYPTION_MASTER_KEY_BASE64,
         )
 
     def pysher(self, index=0, user_data=None):
@@ -288,6 +291,15 @@ def wait_until(pred, timeout=TIMEOUT, what="condition"):
 @pytest.fixture(scope="module")
 def server():
     srv = Server().start()
+    yield srv
+    rc = srv.stop()
+    assert rc == 0, "server exit code %r on SIGTERM" % rc
+
+
+@pytest.fixture(scope="module")
+def fast_server():
+    """A server with 1 s activity_timeout and 2 s pong_timeout (liveness tests)."""
+    srv = Server(server_opts={"activity_timeout": 1, "pong_timeout": 2}).start()
     yield srv
     rc = srv.stop()
     assert rc == 0, "server exit code %r on SIGTERM" % rc

@@ -146,14 +146,18 @@ def test_private_channel_and_client_events_with_pysher(server):
     disconnect(b)
 
 
-def test_private_channel_bad_auth_keeps_connection(server):
+def test_private_channel_bad_auth_is_refused(server):
     client = server.pysher()
     name = uniq("private-py-denied-")
     client.subscribe(name, auth="%s:%s" % (server.app()["key"], "0" * 64))
     err = client.inbox.wait_event(None, "pusher:error")
+    # The protocol allows code null (what the real service sends) or 4009. Note: pysher treats
+    # any pusher:error code in 4000-4099 as fatal and closes the socket itself, so only a null
+    # code keeps a pysher connection alive after a refused subscription.
     assert err.get("code") in (None, 4009), err
-    subscribe(client, uniq("py-after-deny-"))
+    assert "message" in err
     assert client.inbox.events(name, "pusher_internal:subscription_succeeded") == []
+    assert server.sdk().channel_info(name) == {"occupied": False}
     disconnect(client)
 
 
@@ -185,7 +189,13 @@ def test_terminate_user_connections_sdk_method(server):
     keep = server.pysher()
     _signin(server, victim, {"id": uid})
     _signin(server, keep, {"id": uniq("py-keep-")})
-    assert server.sdk().terminate_user_connections(uid) == {}
+    try:
+        res = server.sdk().terminate_user_connections(uid)
+    except PusherBadStatus as e:
+        pytest.fail("pusher-http-python's terminate_user_connections() POSTs to "
+                    "/users/%s/terminate_connections (no /apps/<id> prefix); the server answered %s"
+                    % (uid, e))
+    assert res == {}
     err = victim.inbox.wait_event(None, "pusher:error")
     assert err.get("code") == 4009, err
     wait_until(lambda: victim.connection.state == "disconnected", what="victim socket closed")
@@ -208,7 +218,50 @@ def test_terminate_user_connections_canonical_path(server):
 
 
 def test_unknown_app_is_not_found(server):
-    ghost = server.sdk(id="py-no-such-app")
+    ghost = server.sdk(id="9999")
     with pytest.raises(PusherBadStatus) as info:
         ghost.trigger("py-any", "x", {})
     assert "404" in str(info.value)
+
+
+def test_private_encrypted_payload_is_forwarded_unchanged(server):
+    """The SDK encrypts for private-encrypted- channels; the server must relay the envelope
+    untouched, so the subscriber can open it with the shared secret from authenticate()."""
+    import base64
+
+    import nacl.secret
+
+    name = uniq("private-encrypted-py-")
+    client = server.pysher()
+    sdk = server.sdk()
+    auth = sdk.authenticate(name, client.connection.socket_id)
+    assert "shared_secret" in auth
+    subscribe(client, name, auth=auth["auth"])
+    payload = {"card": "4242", "note": "secret"}
+    assert sdk.trigger(name, "enc", payload) == {}
+    envelope = parse(client.inbox.wait_event(name, "enc"))
+    assert set(envelope) == {"nonce", "ciphertext"}
+    box = nacl.secret.SecretBox(base64.b64decode(auth["shared_secret"]))
+    plain = box.decrypt(base64.b64decode(envelope["ciphertext"]), base64.b64decode(envelope["nonce"]))
+    assert json.loads(plain.decode()) == payload
+    disconnect(client)
+
+
+def test_server_pings_silent_pysher_and_accepts_its_pong(fast_server):
+    """pysher pings only every 120 s; with activity_timeout = 1 the server pings it, pysher
+    answers {"event":"pusher:pong","data":""} and the connection must survive pong_timeout."""
+    client = fast_server.pysher()
+    established = json.loads(client.inbox.wait_event(None, "pusher:connection_established"))
+    assert established["activity_timeout"] == 1
+    client.connection.bind("pusher:ping", lambda data: client.inbox.add(None, "pusher:ping", data))
+    name = uniq("py-alive-")
+    subscribe(client, name)
+    # two server pings in a row prove the first pong was accepted (else 4201 close)
+    client.inbox.wait_for(lambda it: it[1] == "pusher:ping", timeout=6, what="first server ping")
+    client.inbox.wait_for(
+        lambda it: sum(1 for x in client.inbox.items if x[1] == "pusher:ping") >= 2,
+        timeout=8, what="second server ping")
+    assert client.connection.state == "connected"
+    assert fast_server.sdk().trigger(name, "still-here", {}) == {}
+    client.inbox.wait_event(name, "still-here")
+    disconnect(client)

@@ -266,10 +266,16 @@ describe('core protocol (pusher-js + pusher Node SDK)', () => {
   it('SIGTERM: connected clients get pusher:error 4200 and the server exits 0', async () => {
     const c = await srv.client();
     srv.clients.delete(c); // keep it connected through stop()
-    const err = h.nextConnectionError(c, 10000);
+    // 4200 means "reconnect now": disconnect inside the handler so pusher-js does not retry
+    const err = h.once(c.connection, 'error', 10000, (e) => {
+      if (e && e.type === 'PusherError') {
+        c.disconnect();
+        return true;
+      }
+      return false;
+    });
     const stopped = srv.stop();
-    const data = await err;
-    c.disconnect(); // 4200 means "reconnect now": stop pusher-js from retrying
+    const data = (await err).data;
     assert.equal(data.code, 4200);
     const res = await stopped;
     srv = null;

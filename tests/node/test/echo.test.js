@@ -3,8 +3,11 @@
 
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const Echo = require('laravel-echo').default;
 const h = require('../lib/harness');
+
+// laravel-echo 2.x is an ES module package (its "common" build is not loadable through
+// require() on Node 20), so load it with import().
+let Echo;
 
 let seq = 0;
 const uniq = (p) => `${p}${process.pid}.${++seq}`;
@@ -20,6 +23,7 @@ function subscribed(echoChannel, ms = 5000) {
 describe('Laravel Echo', () => {
   let srv;
   before(async () => {
+    Echo = (await import('laravel-echo')).default;
     srv = await h.startServer();
   });
   after(async () => {
@@ -84,6 +88,17 @@ describe('Laravel Echo', () => {
     assert.deepEqual(await got, { name: 'A', typing: true });
     a.disconnect();
     b.disconnect();
+  });
+
+  it('Echo.encryptedPrivate(...) decrypts an SDK-encrypted broadcast', async () => {
+    const echo = echoFor(await srv.client());
+    const room = uniq('vault.');
+    const ch = echo.encryptedPrivate(room);
+    const got = h.withTimeout(new Promise((r) => ch.listen('.Sealed', r)), 5000, '.Sealed');
+    await subscribed(ch);
+    await srv.sdk().trigger(`private-encrypted-${room}`, 'Sealed', { code: 'xyz' });
+    assert.deepEqual(await got, { code: 'xyz' });
+    echo.disconnect();
   });
 
   it('Echo public channel listen with a custom namespace', async () => {
