@@ -287,6 +287,12 @@ impl Config {
         if s.host.parse::<std::net::IpAddr>().is_err() {
             bail!("server.host must be an IP address, got {:?}", s.host);
         }
+        if s.workers > 1024 {
+            bail!("server.workers must be at most 1024");
+        }
+        if self.apps.len() > u16::MAX as usize {
+            bail!("at most {} [[apps]] entries are supported", u16::MAX);
+        }
         if self.apps.is_empty() {
             bail!("at least one [[apps]] entry is required");
         }

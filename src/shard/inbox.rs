@@ -124,18 +124,15 @@ fn handle(shard: &Shard, st: &mut State, msg: BusMsg) {
                     let user_id = member.key.clone();
                     shard.hook(app, &channel, HookKind::MemberAdded { user_id });
                     let data = encode::member_json(&member.raw_id, member.info.as_deref());
-                    let frame = encode::event_with_string_data(
-                        "pusher_internal:member_added",
-                        Some(&channel),
-                        &data,
-                    );
-                    shard.publish(Publication {
+                    let except = Some(socket_id);
+                    member_event(
+                        shard,
                         app,
                         channel,
-                        frame,
-                        except: Some(socket_id),
-                        cache_data: None,
-                    });
+                        "pusher_internal:member_added",
+                        &data,
+                        except,
+                    );
                 }
             }
         }
@@ -163,18 +160,14 @@ fn handle(shard: &Shard, st: &mut State, msg: BusMsg) {
             }
             if let Some(raw_id) = left.removed {
                 let data = encode::member_json(&raw_id, None);
-                let frame = encode::event_with_string_data(
-                    "pusher_internal:member_removed",
-                    Some(&channel),
-                    &data,
-                );
-                shard.publish(Publication {
+                member_event(
+                    shard,
                     app,
                     channel,
-                    frame,
-                    except: None,
-                    cache_data: None,
-                });
+                    "pusher_internal:member_removed",
+                    &data,
+                    None,
+                );
             }
         }
         BusMsg::UserPresence { app, user, delta } => {
@@ -219,6 +212,25 @@ fn handle(shard: &Shard, st: &mut State, msg: BusMsg) {
         BusMsg::Query(q) => answer(st, q),
         BusMsg::Shutdown => shutdown(shard, st),
     }
+}
+
+/// Publishes a presence member event to the channel's subscribers on every shard.
+fn member_event(
+    shard: &Shard,
+    app: AppIdx,
+    channel: Arc<str>,
+    name: &str,
+    data: &str,
+    except: Option<Arc<str>>,
+) {
+    let frame = encode::event_with_string_data(name, Some(&channel), data);
+    shard.publish(Publication {
+        app,
+        channel,
+        frame,
+        except,
+        cache_data: None,
+    });
 }
 
 fn user_conns(st: &State, app: AppIdx, user: &Arc<str>) -> Vec<ConnKey> {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::conn::{SignedIn, Sub, SubState};
-use super::state::{group_by_home, leave_home, unindex, State};
+use super::state::{leave_home, unindex, watch, State};
 use super::Shard;
 use crate::auth;
 use crate::bus::{BusMsg, Publication};
@@ -351,17 +351,7 @@ fn signin(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_>) 
                 delta: 1,
             },
         );
-        for (home, users) in group_by_home(shard, app, &watchlist) {
-            shard.shared.bus.send(
-                home,
-                BusMsg::Watch {
-                    app,
-                    users,
-                    watcher: shard.conn_ref(key),
-                    add: true,
-                },
-            );
-        }
+        watch(shard, app, key, &watchlist, true);
     }
 }
 

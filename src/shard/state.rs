@@ -84,19 +84,24 @@ impl Shard {
         match conn.queue(frame, limit) {
             Queued::Ok(true) => st.dirty.push(key),
             Queued::Ok(false) | Queued::Closing => {}
-            Queued::Overflow => {
-                ShardMetrics::add(&self.metrics().slow_consumers, 1);
-                let now = self.now_ms();
-                if conn.start_close(
-                    codes::OVER_CAPACITY,
-                    "Outbound buffer full: client too slow",
-                    true,
-                    true,
-                    now,
-                ) {
-                    st.dirty.push(key);
-                }
-            }
+            Queued::Overflow => self.close_slow(st, key),
+        }
+    }
+
+    /// Closes a connection whose outbound queue overflowed: what was queued is dropped, the
+    /// client gets 4100 (back off, then reconnect), and the event is counted.
+    fn close_slow(&self, st: &mut State, key: ConnKey) {
+        let now = self.now_ms();
+        let Some(conn) = st.conns.get_mut(key) else {
+            return;
+        };
+        if conn.closing.is_some() {
+            return;
+        }
+        ShardMetrics::add(&self.metrics().slow_consumers, 1);
+        let reason = "Outbound buffer full: client too slow";
+        if conn.start_close(codes::OVER_CAPACITY, reason, true, true, now) {
+            st.dirty.push(key);
         }
     }
 
@@ -152,21 +157,7 @@ impl Shard {
         }
         ShardMetrics::add(&self.metrics().deliveries, delivered);
         for key in overflow {
-            if let Some(c) = st.conns.get_mut(key) {
-                if c.closing.is_none() {
-                    let now = self.now_ms();
-                    ShardMetrics::add(&self.metrics().slow_consumers, 1);
-                    if c.start_close(
-                        codes::OVER_CAPACITY,
-                        "Outbound buffer full: client too slow",
-                        true,
-                        true,
-                        now,
-                    ) {
-                        st.dirty.push(key);
-                    }
-                }
-            }
+            self.close_slow(st, key);
         }
     }
 
@@ -347,14 +338,20 @@ pub fn sign_out_home(shard: &Shard, app: AppIdx, user: &super::conn::SignedIn, k
             delta: -1,
         },
     );
-    for (home, users) in group_by_home(shard, app, &user.watchlist) {
+    watch(shard, app, key, &user.watchlist, false);
+}
+
+/// Registers (or removes) a connection as a watcher of users at their home shards.
+pub fn watch(shard: &Shard, app: AppIdx, key: ConnKey, ids: &[Arc<str>], add: bool) {
+    for (home, users) in group_by_home(shard, app, ids) {
+        let watcher = shard.conn_ref(key);
         shard.shared.bus.send(
             home,
             BusMsg::Watch {
                 app,
                 users,
-                watcher: shard.conn_ref(key),
-                add: false,
+                watcher,
+                add,
             },
         );
     }
