@@ -133,6 +133,14 @@ impl Shard {
             return;
         };
         let limit = self.shared.config.server.max_outbound_bytes;
+        // The frame was encoded once for all shards. Each shard takes one private copy of the
+        // bytes before handing out references, so the reference count this loop bumps per
+        // subscriber lives in this core's cache instead of bouncing between cores.
+        let frame = if list.len() > 1 && self.shared.shards() > 1 {
+            Bytes::copy_from_slice(&p.frame)
+        } else {
+            p.frame.clone()
+        };
         let mut delivered = 0u64;
         let mut overflow = Vec::new();
         for &key in list {
@@ -144,7 +152,7 @@ impl Shard {
                     continue;
                 }
             }
-            match conn.queue(p.frame.clone(), limit) {
+            match conn.queue(frame.clone(), limit) {
                 Queued::Ok(newly) => {
                     delivered += 1;
                     if newly {
