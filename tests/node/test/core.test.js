@@ -222,6 +222,33 @@ describe('core protocol (pusher-js + pusher Node SDK)', () => {
     b.disconnect();
   });
 
+  it('SDK get with user_count on non-presence channels is a 400', async () => {
+    const c = await srv.client();
+    const name = uniq('nouc-');
+    await h.subscribe(c, name);
+    const sdk = srv.sdk();
+    await assert.rejects(sdk.get({ path: '/channels', params: { info: 'user_count' } }), (err) => err.status === 400);
+    await assert.rejects(
+      sdk.get({ path: `/channels/${name}`, params: { info: 'user_count' } }),
+      (err) => err.status === 400,
+    );
+    c.disconnect();
+  });
+
+  it('SDK trigger: 10240 bytes of data accepted, 10241 bytes get 413', async () => {
+    const sdk = srv.sdk();
+    const name = uniq('size-');
+    const c = await srv.client();
+    const ch = await h.subscribe(c, name);
+    const got = h.once(ch, 'big');
+    const max = 'x'.repeat(10240); // a string is sent as-is by the SDK
+    const res = await sdk.trigger(name, 'big', max);
+    assert.equal(res.status, 200);
+    assert.equal((await got).length, 10240);
+    await assert.rejects(sdk.trigger(name, 'big', max + 'y'), (err) => err.status === 413);
+    c.disconnect();
+  });
+
   it('SDK requests signed with a wrong secret get 401', async () => {
     const app = srv.apps[0];
     const bad = srv.sdk({ ...app, secret: 'definitely-wrong' });
