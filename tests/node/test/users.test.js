@@ -119,6 +119,24 @@ describe('user authentication (pusher.signin) and user APIs', () => {
     c.disconnect();
   });
 
+  it('presence without channel_data uses the signed-in user (pusher-js flow)', async () => {
+    const id = uid('signed-member');
+    const room = `presence-signed-${process.pid}-${++seq}`;
+    // the auth handler returns no presence data: pusher-js then relies on the sign-in
+    const c = await srv.client({ user: { id, user_info: { name: 'Signed' } }, presence: () => undefined });
+    await h.signin(c);
+    const other = await srv.client({ presence: { user_id: uid('plain-member'), user_info: { name: 'Plain' } } });
+    const ch = await h.subscribe(c, room);
+    assert.equal(ch.members.me.id, id);
+    assert.equal(ch.members.count, 1);
+    assert.deepEqual(ch.members.get(id).info, { name: 'Signed' });
+    const chO = await h.subscribe(other, room);
+    assert.equal(chO.members.count, 2);
+    assert.deepEqual(chO.members.get(id).info, { name: 'Signed' });
+    c.disconnect();
+    other.disconnect();
+  });
+
   it('watchlist: online / offline events for watched users', async () => {
     const watcherId = uid('watcher');
     const earlyId = uid('early');
