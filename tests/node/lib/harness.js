@@ -324,9 +324,11 @@ function waitState(pusher, state, ms = DEFAULT_TIMEOUT) {
 /** Resolves after pusher-js finished sign-in and its #server-to-user channel is subscribed. */
 async function signin(pusher, ms = DEFAULT_TIMEOUT) {
   const success = once(pusher.connection, 'message', ms, (m) => m.event === 'pusher:signin_success');
-  const failure = nextConnectionError(pusher, ms).then((d) => {
-    throw new Error(`signin failed: ${JSON.stringify(d)}`);
-  });
+  // 4302 (watchlist over the limit) accompanies a successful sign-in: not a failure
+  const failure = once(pusher.connection, 'error', ms, (e) => e && e.type === 'PusherError' && e.data.code !== 4302)
+    .then((e) => {
+      throw new Error(`signin failed: ${JSON.stringify(e.data)}`);
+    });
   failure.catch(() => {});
   pusher.signin();
   await Promise.race([success, failure]);

@@ -63,6 +63,22 @@ describe('private / encrypted / presence channels and client events', () => {
     c.disconnect();
   });
 
+  it('subscribing to an invalid channel name gives pusher:error, connection kept', async () => {
+    const c = await srv.client();
+    for (const bad of ['bad name', 'dollar$sign', 'x'.repeat(201)]) {
+      const errP = h.nextConnectionError(c);
+      const ch = c.subscribe(bad);
+      const err = await errP;
+      assert.equal(typeof err.message, 'string', `no error message for ${bad.slice(0, 20)}`);
+      assert.equal(ch.subscribed, false);
+      c.unsubscribe(bad);
+    }
+    assert.equal(c.connection.state, 'connected');
+    const ok = await h.subscribe(c, uniq('valid-after-bad-'));
+    assert.equal(ok.subscribed, true);
+    c.disconnect();
+  });
+
   it('private-encrypted channel: SDK-encrypted event is decrypted by pusher-js', async () => {
     const c = await srv.client();
     const name = uniq('private-encrypted-vault-');

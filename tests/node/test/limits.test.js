@@ -11,6 +11,13 @@ const APPS = [
   { id: 'lim-one', key: 'lim-one-key', secret: 'lim-one-secret', max_connections: 1 },
   { id: 'lim-off', key: 'lim-off-key', secret: 'lim-off-secret', enabled: false },
   { id: 'lim-auth', key: 'lim-auth-key', secret: 'lim-auth-secret', authorized_connections_timeout: 1 },
+  {
+    id: 'lim-presence',
+    key: 'lim-presence-key',
+    secret: 'lim-presence-secret',
+    max_presence_members: 2,
+    max_presence_user_info: 64,
+  },
 ];
 
 // Either side may ping first (both wait 1 s of silence): count heartbeat frames either way.
@@ -70,6 +77,40 @@ describe('connection limits and liveness (pusher-js)', () => {
     assert.notEqual(state, 'connected');
     assert.equal(first.connection.state, 'connected');
     first.disconnect();
+  });
+
+  it('presence: a member over max_presence_members is refused, existing members unaffected', async () => {
+    const room = `presence-full-${process.pid}`;
+    const a = await srv.client({ app: 4, presence: { user_id: 'full-a', user_info: {} } });
+    const b = await srv.client({ app: 4, presence: { user_id: 'full-b', user_info: {} } });
+    const c = await srv.client({ app: 4, presence: { user_id: 'full-c', user_info: {} } });
+    const chA = await h.subscribe(a, room);
+    await h.subscribe(b, room);
+    // a second tab of an existing member does not add a member: allowed
+    const b2 = await srv.client({ app: 4, presence: { user_id: 'full-b', user_info: {} } });
+    await h.subscribe(b2, room);
+    const addedToA = h.record(chA, 'pusher:member_added');
+    const errP = h.nextConnectionError(c);
+    const chC = c.subscribe(room);
+    const err = await errP;
+    assert.equal(typeof err.message, 'string');
+    assert.equal(chC.subscribed, false);
+    assert.equal(c.connection.state, 'connected');
+    const res = await srv.sdk(4).get({ path: `/channels/${room}/users` });
+    assert.deepEqual((await res.json()).users.map((u) => String(u.id)).sort(), ['full-a', 'full-b']);
+    assert.deepEqual(addedToA, []);
+    for (const x of [a, b, b2, c]) x.disconnect();
+  });
+
+  it('presence: user_info over max_presence_user_info is refused', async () => {
+    const room = `presence-biginfo-${process.pid}`;
+    const c = await srv.client({ app: 4, presence: { user_id: 'big', user_info: { blob: 'z'.repeat(200) } } });
+    const errP = h.nextConnectionError(c);
+    const ch = c.subscribe(room);
+    await errP;
+    assert.equal(ch.subscribed, false);
+    assert.equal(c.connection.state, 'connected');
+    c.disconnect();
   });
 
   it('activity_timeout from the server is adopted and pusher-js pings are answered', async () => {

@@ -137,6 +137,17 @@ describe('user authentication (pusher.signin) and user APIs', () => {
     other.disconnect();
   });
 
+  it('watchlist over 100 ids: signin succeeds plus pusher:error 4302', async () => {
+    const ids = Array.from({ length: 101 }, (_, i) => `wl-${process.pid}-${i}`);
+    const c = await srv.client({ user: { id: uid('big-watcher'), watchlist: ids } });
+    const errP = h.once(c.connection, 'error', 5000, (e) => e && e.type === 'PusherError' && e.data.code === 4302);
+    await h.signin(c);
+    const err = await errP;
+    assert.equal(err.data.code, 4302);
+    assert.equal(c.connection.state, 'connected');
+    c.disconnect();
+  });
+
   it('watchlist: online / offline events for watched users', async () => {
     const watcherId = uid('watcher');
     const earlyId = uid('early');
