@@ -51,6 +51,28 @@ pub struct Series<'a> {
     pub value: u64,
 }
 
+impl<'a> Series<'a> {
+    /// A monotonically increasing counter.
+    pub fn counter(name: &'a str, help: &'a str, value: u64) -> Self {
+        Series {
+            name,
+            help,
+            kind: "counter",
+            value,
+        }
+    }
+
+    /// A value that goes up and down.
+    pub fn gauge(name: &'a str, help: &'a str, value: u64) -> Self {
+        Series {
+            name,
+            help,
+            kind: "gauge",
+            value,
+        }
+    }
+}
+
 /// Sums the shards' counters into Prometheus text, followed by extra series.
 pub fn render(shards: &[ShardMetrics], extra: &[Series<'_>]) -> String {
     let sum = |f: fn(&ShardMetrics) -> &AtomicU64| -> u64 {
@@ -59,62 +81,53 @@ pub fn render(shards: &[ShardMetrics], extra: &[Series<'_>]) -> String {
     let opened = sum(|s| &s.connections_opened);
     let closed = sum(|s| &s.connections_closed);
     let mut series = vec![
-        Series {
-            name: "ringpush_connections",
-            help: "Open WebSocket connections",
-            kind: "gauge",
-            value: opened.saturating_sub(closed),
-        },
-        Series {
-            name: "ringpush_connections_opened_total",
-            help: "WebSocket connections accepted",
-            kind: "counter",
-            value: opened,
-        },
-        Series {
-            name: "ringpush_slow_consumers_closed_total",
-            help: "Connections closed with 4100 because their outbound queue overflowed",
-            kind: "counter",
-            value: sum(|s| &s.slow_consumers),
-        },
-        Series {
-            name: "ringpush_messages_received_total",
-            help: "Pusher messages received from clients",
-            kind: "counter",
-            value: sum(|s| &s.messages_in),
-        },
-        Series {
-            name: "ringpush_deliveries_total",
-            help: "Frames queued to subscribers",
-            kind: "counter",
-            value: sum(|s| &s.deliveries),
-        },
-        Series {
-            name: "ringpush_publications_total",
-            help: "Channel publications fanned out (per shard)",
-            kind: "counter",
-            value: sum(|s| &s.publications),
-        },
-        Series {
-            name: "ringpush_client_events_total",
-            help: "Client events relayed",
-            kind: "counter",
-            value: sum(|s| &s.client_events),
-        },
-        Series {
-            name: "ringpush_http_requests_total",
-            help: "HTTP requests served",
-            kind: "counter",
-            value: sum(|s| &s.http_requests),
-        },
-        Series {
-            name: "ringpush_accept_errors_total",
-            help: "Failed accept calls",
-            kind: "counter",
-            value: sum(|s| &s.accept_errors),
-        },
+        Series::gauge(
+            "ringpush_connections",
+            "Open WebSocket connections",
+            opened.saturating_sub(closed),
+        ),
+        Series::counter(
+            "ringpush_connections_opened_total",
+            "WebSocket connections accepted",
+            opened,
+        ),
+        Series::counter(
+            "ringpush_slow_consumers_closed_total",
+            "Connections closed with 4100 because their outbound queue overflowed",
+            sum(|s| &s.slow_consumers),
+        ),
+        Series::counter(
+            "ringpush_messages_received_total",
+            "Pusher messages received from clients",
+            sum(|s| &s.messages_in),
+        ),
+        Series::counter(
+            "ringpush_deliveries_total",
+            "Frames queued to subscribers",
+            sum(|s| &s.deliveries),
+        ),
+        Series::counter(
+            "ringpush_publications_total",
+            "Channel publications fanned out (per shard)",
+            sum(|s| &s.publications),
+        ),
+        Series::counter(
+            "ringpush_client_events_total",
+            "Client events relayed",
+            sum(|s| &s.client_events),
+        ),
+        Series::counter(
+            "ringpush_http_requests_total",
+            "HTTP requests served",
+            sum(|s| &s.http_requests),
+        ),
+        Series::counter(
+            "ringpush_accept_errors_total",
+            "Failed accept calls",
+            sum(|s| &s.accept_errors),
+        ),
     ];
-    series.extend(extra.iter().map(|s| Series { ..*s }));
+    series.extend(extra.iter().copied());
     let mut out = String::new();
     for s in series {
         let _ = writeln!(

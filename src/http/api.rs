@@ -54,60 +54,48 @@ fn metrics_page(shard: &Shard) -> Response {
         .map(|i| bus.backlog(ShardId(i as u16)))
         .sum();
     let extra = [
-        Series {
-            name: "ringpush_bus_dropped_total",
-            help: "Publications dropped because a shard inbox was full",
-            kind: "counter",
-            value: dropped,
-        },
-        Series {
-            name: "ringpush_bus_backlog",
-            help: "Messages waiting in shard inboxes",
-            kind: "gauge",
-            value: backlog as u64,
-        },
-        Series {
-            name: "ringpush_shards",
-            help: "Number of shards",
-            kind: "gauge",
-            value: bus.shards() as u64,
-        },
-        Series {
-            name: "ringpush_io_uring",
-            help: "1 when shards run on io_uring, 0 on the epoll fallback",
-            kind: "gauge",
-            value: shard.shared.uring as u64,
-        },
+        Series::counter(
+            "ringpush_bus_dropped_total",
+            "Publications dropped because a shard inbox was full",
+            dropped,
+        ),
+        Series::gauge(
+            "ringpush_bus_backlog",
+            "Messages waiting in shard inboxes",
+            backlog as u64,
+        ),
+        Series::gauge("ringpush_shards", "Number of shards", bus.shards() as u64),
+        Series::gauge(
+            "ringpush_io_uring",
+            "1 when shards run on io_uring, 0 on the epoll fallback",
+            shard.shared.uring as u64,
+        ),
     ];
     let mut extra = extra.to_vec();
     if let Some(w) = &shard.shared.webhooks {
         let s = &w.stats;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         extra.extend([
-            Series {
-                name: "ringpush_webhooks_sent_total",
-                help: "Webhook requests answered with 2xx",
-                kind: "counter",
-                value: load(&s.sent),
-            },
-            Series {
-                name: "ringpush_webhooks_retried_total",
-                help: "Webhook attempts that failed and were retried",
-                kind: "counter",
-                value: load(&s.retried),
-            },
-            Series {
-                name: "ringpush_webhooks_failed_total",
-                help: "Webhook requests given up after the retry window",
-                kind: "counter",
-                value: load(&s.failed),
-            },
-            Series {
-                name: "ringpush_webhooks_dropped_total",
-                help: "Webhook events dropped (queue full or shutdown)",
-                kind: "counter",
-                value: load(&s.dropped),
-            },
+            Series::counter(
+                "ringpush_webhooks_sent_total",
+                "Webhook requests answered with 2xx",
+                load(&s.sent),
+            ),
+            Series::counter(
+                "ringpush_webhooks_retried_total",
+                "Webhook attempts that failed and were retried",
+                load(&s.retried),
+            ),
+            Series::counter(
+                "ringpush_webhooks_failed_total",
+                "Webhook requests given up after the retry window",
+                load(&s.failed),
+            ),
+            Series::counter(
+                "ringpush_webhooks_dropped_total",
+                "Webhook events dropped (queue full or shutdown)",
+                load(&s.dropped),
+            ),
         ]);
     }
     Response::text(
