@@ -14,6 +14,8 @@ use crate::protocol::encode;
 use crate::protocol::message::Member;
 use crate::ws::codec;
 
+use super::sock;
+
 /// Where a subscription stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubState {
@@ -105,7 +107,14 @@ impl Conn {
             return Queued::Closing;
         }
         if self.out_bytes + frame.len() > limit {
-            return Queued::Overflow;
+            // Over budget only counts for what the kernel will not take: a burst queued within
+            // one batch is sent now before the connection is judged slow.
+            if !self.writer_active {
+                let _ = sock::flush(self.fd, &mut self.out, &mut self.out_bytes);
+            }
+            if self.out_bytes + frame.len() > limit {
+                return Queued::Overflow;
+            }
         }
         self.out_bytes += frame.len();
         self.out.push_back(frame);
@@ -128,8 +137,10 @@ impl Conn {
             return false;
         }
         if drop_queued {
-            self.out.clear();
-            self.out_bytes = 0;
+            // The front frame may be partly on the wire already; cutting it would corrupt the
+            // stream, so it stays and only whole frames behind it are dropped.
+            self.out.truncate(1);
+            self.out_bytes = self.out.front().map_or(0, |b| b.len());
         }
         if pusher_error {
             let f = encode::error(Some(code), reason);

@@ -1,0 +1,93 @@
+//! A subscriber that stops reading must not grow server memory without bound: once its outbound
+//! queue passes `max_outbound_bytes` it is closed with 4100 (and counted), while a reading
+//! subscriber of the same channel keeps getting every event in order.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn slow_consumer_is_closed_with_4100_and_others_unharmed() {
+    let config = Config::default().with("max_outbound_bytes", 65536);
+    let server = Server::start_with(config);
+    let ch = uniq("firehose");
+
+    // The slow client: a tiny receive window, then it never reads.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = sock.connect(server.addr).await.expect("connect");
+    let (mut slow, _) = tokio_tungstenite::client_async(server.ws_url("app-key"), tcp)
+        .await
+        .expect("handshake");
+    let _established = slow.next().await;
+    let sub = json!({"event":"pusher:subscribe","data":{"channel":ch}}).to_string();
+    futures_util::SinkExt::send(&mut slow, Message::text(sub))
+        .await
+        .expect("subscribe");
+    let _succeeded = slow.next().await;
+
+    let mut fast = server.connect().await;
+    fast.subscribe(&ch).await;
+
+    let api = server.api();
+    let data = "x".repeat(9000);
+    // ~5.4 MB in all: more than the 64 KiB budget plus what the kernel buffers for a socket
+    // (tcp_wmem allows the send buffer to grow to 4 MiB).
+    let total = 600;
+    for i in 0..total / 10 {
+        let batch: Vec<Value> = (0..10)
+            .map(|j| json!({"name": format!("e{}", i * 10 + j), "channel": ch, "data": data}))
+            .collect();
+        let r = api.post("/batch_events", &json!({ "batch": batch })).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        // The reading client drains as we go, in order.
+        for j in 0..10 {
+            let ev = fast.expect_event(&format!("e{}", i * 10 + j)).await;
+            assert_eq!(ev["channel"], json!(ch));
+        }
+    }
+
+    // Now read the slow client: what fit in the kernel buffers, then 4100.
+    let mut saw_error = false;
+    let mut close_code = None;
+    let mut events = 0;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), slow.next()).await {
+        match msg {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).expect("json");
+                if v["event"] == "pusher:error" {
+                    assert_eq!(v["data"]["code"], json!(4100), "{v}");
+                    saw_error = true;
+                } else {
+                    events += 1;
+                }
+            }
+            Ok(Message::Close(f)) => {
+                close_code = f.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(saw_error, "pusher:error 4100 before the close (got {events} events, close {close_code:?})");
+    assert_eq!(close_code, Some(4100));
+    assert!(
+        events < total,
+        "the slow client did not get everything: {events} of {total}"
+    );
+
+    let mut conn = HttpConn::connect(server.addr).await;
+    let metrics = conn.request("GET", "/metrics", b"").await.text();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("ringpush_slow_consumers_closed_total "))
+        .expect("slow consumer metric");
+    assert_eq!(line, "ringpush_slow_consumers_closed_total 1");
+    fast.assert_alive().await;
+}
