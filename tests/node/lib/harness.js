@@ -8,6 +8,17 @@ const os = require('node:os');
 const path = require('node:path');
 const readline = require('node:readline');
 
+// faye-websocket (bundled into pusher-js for Node) arms a 30 s close timer even when close()
+// is called on a socket that is already closed, which pusher-js does after a refusal
+// (close codes 4000-4099). The timer holds the test process open for 30 s after the last test;
+// unref it so the process can exit (it changes nothing while sockets are still open).
+const realSetTimeout = global.setTimeout;
+global.setTimeout = function setTimeoutUnrefLongCloseTimers(fn, ms, ...args) {
+  const t = realSetTimeout(fn, ms, ...args);
+  if (ms === 30000 && t && typeof t.unref === 'function') t.unref();
+  return t;
+};
+
 const PusherJS = require('pusher-js');
 const PusherSDK = require('pusher');
 
@@ -234,6 +245,8 @@ function withTimeout(promise, ms, what) {
   let timer;
   const t = new Promise((_, reject) => {
     timer = setTimeout(() => reject(new Error(`timeout after ${ms}ms waiting for ${what}`)), ms);
+    // never keep the process alive just for a guard timer (open sockets do that while needed)
+    timer.unref();
   });
   return Promise.race([promise, t]).finally(() => clearTimeout(timer));
 }
