@@ -535,3 +535,22 @@ async fn reserved_event_name_prefix_is_400() {
         r.assert_error(400);
     }
 }
+
+#[tokio::test]
+async fn terminate_without_apps_prefix_as_pusher_http_python_sends_it() {
+    let server = Server::start();
+    let api = server.api();
+    let r = api
+        .request("POST", "/users/u1/terminate_connections", &[], b"{}")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({}));
+    let wrong = Api {
+        addr: server.addr,
+        app: App::new("app-id", "app-key", "not-the-secret"),
+    };
+    let r = wrong
+        .request("POST", "/users/u1/terminate_connections", &[], b"{}")
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+}

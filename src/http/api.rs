@@ -41,6 +41,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Response {
         }
         ("GET", "/metrics") => metrics_page(shard),
         _ if path.starts_with("/apps/") => api(shard, req).await,
+        ("POST", _) if path.starts_with("/users/") => unprefixed_terminate(shard, req).await,
         _ => Response::error(404, "Not found"),
     }
 }
@@ -138,14 +139,7 @@ async fn api(shard: &Rc<Shard>, req: &Request) -> Response {
         ("GET", ["channels"]) => channels(shard, app, req).await,
         ("GET", ["channels", name]) => channel_info(shard, app, name, req).await,
         ("GET", ["channels", name, "users"]) => users(shard, app, name).await,
-        ("POST", ["users", user, "terminate_connections"]) => {
-            let user: Arc<str> = (*user).into();
-            shard.shared.bus.broadcast(|| BusMsg::Terminate {
-                app,
-                user: user.clone(),
-            });
-            Response::json(200, "{}")
-        }
+        ("POST", ["users", user, "terminate_connections"]) => terminate(shard, app, user),
         ("GET", ["connections"]) => {
             let mut total = 0;
             for i in 0..shard.shared.shards() {
@@ -158,6 +152,48 @@ async fn api(shard: &Rc<Shard>, req: &Request) -> Response {
             }
             Response::json(200, format!("{{\"connections\":{total}}}"))
         }
+        _ => Response::error(404, "Not found"),
+    }
+}
+
+/// Closes every connection signed in as `user`, on every shard.
+fn terminate(shard: &Shard, app: AppIdx, user: &str) -> Response {
+    let user: Arc<str> = user.into();
+    shard.shared.bus.broadcast(|| BusMsg::Terminate {
+        app,
+        user: user.clone(),
+    });
+    Response::json(200, "{}")
+}
+
+/// pusher-http-python (3.3.x) sends `POST /users/{id}/terminate_connections` without the
+/// `/apps/{app_id}` prefix, signed over that path. The app is found by `auth_key`.
+async fn unprefixed_terminate(shard: &Rc<Shard>, req: &Request) -> Response {
+    let Some(&app) = req
+        .param("auth_key")
+        .and_then(|k| shard.shared.by_key.get(k))
+    else {
+        return Response::error(401, "unknown auth_key");
+    };
+    let cfg = shard.shared.app(app);
+    let verified = auth::verify_api_request(
+        &cfg.key,
+        &cfg.secret,
+        &req.method,
+        &req.path,
+        &req.query,
+        &req.body,
+        now_unix(),
+    );
+    if let Err(e) = verified {
+        return Response::error(401, &e.to_string());
+    }
+    if !cfg.enabled {
+        return Response::error(403, "Application disabled");
+    }
+    let segs: Vec<&str> = req.path[1..].split('/').collect();
+    match segs[..] {
+        ["users", user, "terminate_connections"] => terminate(shard, app, user),
         _ => Response::error(404, "Not found"),
     }
 }

@@ -59,15 +59,7 @@ fn subscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_
     let max_len = shard.shared.config.server.max_channel_name_length;
     let ty = match channel::classify(&sub.channel, max_len) {
         Ok(t) => t,
-        Err(e) => {
-            return error(
-                shard,
-                st,
-                key,
-                Some(codes::UNAUTHORIZED),
-                &format!("{e}: {}", sub.channel),
-            )
-        }
+        Err(e) => return error(shard, st, key, None, &format!("{e}: {}", sub.channel)),
     };
     let Some(conn) = st.conns.get(key) else {
         return;
@@ -103,7 +95,7 @@ fn subscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_
                     shard,
                     st,
                     key,
-                    Some(codes::UNAUTHORIZED),
+                    None,
                     "Subscription to #server-to-user channels requires signing in as that user",
                 );
             }
@@ -132,7 +124,7 @@ fn subscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_
                                 shard,
                                 st,
                                 key,
-                                Some(codes::UNAUTHORIZED),
+                                None,
                                 &format!("Invalid channel_data: {e}"),
                             )
                         }
@@ -146,7 +138,7 @@ fn subscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_
                             shard,
                             st,
                             key,
-                            Some(codes::UNAUTHORIZED),
+                            None,
                             "Presence subscriptions require channel_data",
                         );
                     };
@@ -239,10 +231,24 @@ pub fn after_join(
     shard.send_to(st, key, frame);
 }
 
+/// A signature mismatch, worded like the real service. Subscriptions answer with code null
+/// (as Pusher does; clients such as pysher treat 4000-4099 as fatal and would drop the whole
+/// connection), sign-ins with 4009.
 fn auth_error(shard: &Shard, st: &mut State, key: ConnKey, to_sign: &str, got: &str) {
+    sig_error(shard, st, key, None, to_sign, got);
+}
+
+fn sig_error(
+    shard: &Shard,
+    st: &mut State,
+    key: ConnKey,
+    code: Option<u16>,
+    to_sign: &str,
+    got: &str,
+) {
     let msg =
         format!("Invalid signature: Expected HMAC SHA256 hex digest of {to_sign}, but got {got}");
-    error(shard, st, key, Some(codes::UNAUTHORIZED), &msg);
+    error(shard, st, key, code, &msg);
 }
 
 fn unsubscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_>) {
@@ -277,7 +283,7 @@ fn signin(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_>) 
     let cfg = shard.shared.app(app);
     let to_sign = auth::user_string(&conn.socket_id, &s.user_data);
     if !auth::check_client_auth(&cfg.key, &cfg.secret, &to_sign, &s.auth) {
-        return auth_error(shard, st, key, &to_sign, &s.auth);
+        return sig_error(shard, st, key, Some(codes::UNAUTHORIZED), &to_sign, &s.auth);
     }
     let data = match message::user_data(
         &s.user_data,
@@ -498,7 +504,7 @@ pub fn presence_joined(
                 c.subs
                     .retain(|s| !(*s.channel == **channel && s.state == SubState::Pending));
             }
-            error(shard, st, key, Some(codes::OVER_CAPACITY), &msg);
+            error(shard, st, key, None, &msg);
         }
     }
 }
