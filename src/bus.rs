@@ -244,6 +244,14 @@ impl Bus {
             .count()
     }
 
+    /// Wakes a shard's inbox task without a message (it has flushing left to do).
+    pub fn nudge(&self, shard: ShardId) {
+        let inbox = &self.inboxes[shard.0 as usize];
+        if !inbox.notified.swap(true, Ordering::AcqRel) {
+            inbox.waker.wake();
+        }
+    }
+
     /// Data messages dropped by a shard's inbox since start.
     pub fn dropped(&self, shard: ShardId) -> u64 {
         self.inboxes[shard.0 as usize]

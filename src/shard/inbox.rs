@@ -34,8 +34,8 @@ pub async fn run(shard: Rc<Shard>) {
                     handled += 1;
                 }
             }
-            flush_dirty(&shard);
-            if handled < BATCH {
+            let more = flush_dirty(&shard);
+            if handled < BATCH && !more {
                 break;
             }
             yield_now().await;

@@ -44,6 +44,8 @@ pub struct State {
     pub home: Home,
     /// Connections with queued output to flush.
     pub dirty: Vec<ConnKey>,
+    /// Reused buffer for the slice of `dirty` being flushed.
+    pub flush_buf: Vec<ConnKey>,
     /// Sequence for socket ids.
     pub seq: u64,
     /// Cancels the accept loop on shutdown.
@@ -60,6 +62,7 @@ impl State {
             cache: (0..apps).map(|_| HashMap::new()).collect(),
             home: Home::default(),
             dirty: Vec::new(),
+            flush_buf: Vec::new(),
             seq: 0,
             accept_canceller: None,
         }
@@ -190,12 +193,19 @@ impl Shard {
     }
 }
 
-/// Flushes every dirty connection: one gather-send each; sockets that would block get a writer
-/// task that waits for writability.
-pub fn flush_dirty(shard: &Rc<Shard>) {
+/// Connections flushed per turn. A big fan-out flushes in slices, yielding in between, so HTTP
+/// requests and reads on the same shard are not stuck behind thousands of sends.
+const FLUSH_BUDGET: usize = 256;
+
+/// Flushes dirty connections, up to [`FLUSH_BUDGET`] of them: one gather-send each; sockets that
+/// would block get a writer task that waits for writability. Returns true when more remain; the
+/// inbox task is then nudged to continue after other tasks had a turn.
+pub fn flush_dirty(shard: &Rc<Shard>) -> bool {
     let mut st = shard.state.borrow_mut();
-    let dirty = std::mem::take(&mut st.dirty);
-    for key in dirty.iter().copied() {
+    let n = st.dirty.len().min(FLUSH_BUDGET);
+    let mut batch = std::mem::take(&mut st.flush_buf);
+    batch.extend(st.dirty.drain(..n));
+    for key in batch.iter().copied() {
         let Some(conn) = st.conns.get_mut(key) else {
             continue;
         };
@@ -212,11 +222,13 @@ pub fn flush_dirty(shard: &Rc<Shard>) {
             Flush::Failed => fail(conn),
         }
     }
-    let mut dirty = dirty;
-    dirty.clear();
-    if st.dirty.is_empty() {
-        st.dirty = dirty; // keep the allocation
+    batch.clear();
+    st.flush_buf = batch; // keep the allocation
+    let more = !st.dirty.is_empty();
+    if more {
+        shard.shared.bus.nudge(shard.id);
     }
+    more
 }
 
 fn after_flush(conn: &mut Conn) {
