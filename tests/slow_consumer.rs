@@ -75,7 +75,10 @@ async fn slow_consumer_is_closed_with_4100_and_others_unharmed() {
             Err(_) => break,
         }
     }
-    assert!(saw_error, "pusher:error 4100 before the close (got {events} events, close {close_code:?})");
+    assert!(
+        saw_error,
+        "pusher:error 4100 before the close (got {events} events, close {close_code:?})"
+    );
     assert_eq!(close_code, Some(4100));
     assert!(
         events < total,
