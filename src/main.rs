@@ -33,6 +33,9 @@ struct Cli {
     /// Number of shards, 0 = one per core (overrides server.workers).
     #[arg(long)]
     workers: Option<usize>,
+    /// Validate the configuration (file, environment, flags), print a summary and exit.
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn main() {
@@ -44,6 +47,15 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // A panic is a bug. A shard that died would leave its SO_REUSEPORT listener in the kernel's
+    // group, silently swallowing its share of new connections; exiting lets the service manager
+    // restart the whole process instead.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        tracing::error!(panic = %info, "internal error; exiting so the service restarts");
+        std::process::exit(70);
+    }));
     if let Err(e) = run() {
         eprintln!("ringpush: {e:#}");
         std::process::exit(1);
@@ -61,6 +73,22 @@ fn run() -> Result<()> {
         tracing::warn!("no --config given: running the development default (app-id / app-key / app-secret); do not use it in production");
     }
     let config = Config::load(cli.config.as_deref(), &overrides)?;
+    if cli.check_config {
+        println!(
+            "configuration ok: {}:{}, {} shard(s), {} app(s): {}",
+            config.server.host,
+            config.server.port,
+            config.shard_count(),
+            config.apps.len(),
+            config
+                .apps
+                .iter()
+                .map(|a| format!("{} (key {}, {} webhook(s))", a.id, a.key, a.webhooks.len()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(());
+    }
     let grace = Duration::from_secs(config.server.shutdown_grace);
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     let server = Server::start(config)?;

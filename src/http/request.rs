@@ -192,4 +192,30 @@ mod tests {
         };
         assert!(!r.keep_alive);
     }
+
+    #[test]
+    fn random_input_never_panics() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let pieces: [&[u8]; 12] = [
+            b"GET ",
+            b"POST ",
+            b"/apps/1?",
+            b"a=%",
+            b"%2",
+            b"\r\n",
+            b"Content-Length: ",
+            b"9",
+            b"\r\n\r\n",
+            b"HTTP/1.1",
+            b"\xff",
+            b"Transfer-Encoding: chunked",
+        ];
+        for _ in 0..20_000 {
+            let n = rng.usize(0..10);
+            let buf: Vec<u8> = (0..n)
+                .flat_map(|_| pieces[rng.usize(..pieces.len())].to_vec())
+                .collect();
+            let _ = parse(&buf, 64);
+        }
+    }
 }

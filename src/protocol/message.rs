@@ -389,4 +389,41 @@ mod tests {
         assert!(user_data(r#"{"id":7}"#, 128, 1024).is_err());
         assert!(user_data(r#"{"id":""}"#, 128, 1024).is_err());
     }
+
+    #[test]
+    fn random_input_never_panics() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let pieces = [
+            "{",
+            "}",
+            "[",
+            "]",
+            "\"",
+            ":",
+            ",",
+            "event",
+            "data",
+            "channel",
+            "null",
+            "1",
+            "-",
+            "\\",
+            "\\u00",
+            "pusher:subscribe",
+            "user_id",
+            "id",
+            "watchlist",
+            "true",
+            " ",
+        ];
+        for _ in 0..20_000 {
+            let n = rng.usize(0..12);
+            let text: String = (0..n).map(|_| pieces[rng.usize(..pieces.len())]).collect();
+            let _ = parse(&text);
+            let _ = subscribe(Some(&text));
+            let _ = signin(Some(&text));
+            let _ = presence_member(&text, 8, 16);
+            let _ = user_data(&text, 8, 16);
+        }
+    }
 }

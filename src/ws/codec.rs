@@ -287,4 +287,19 @@ mod tests {
         let c = close_frame(4200, "bye");
         assert_eq!(&c[..], &[0x88, 5, 0x10, 0x68, b'b', b'y', b'e']);
     }
+
+    #[test]
+    fn random_input_never_panics() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let len = rng.usize(0..40);
+            let mut buf: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            if let Ok(Some(h)) = parse_header(&buf, 1 << 16) {
+                assert!(h.header_len <= 14 && h.payload_len <= 1 << 16);
+                if buf.len() >= h.frame_len() {
+                    unmask(&mut buf[h.header_len..h.frame_len()], h.mask);
+                }
+            }
+        }
+    }
 }
