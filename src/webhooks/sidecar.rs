@@ -2,6 +2,7 @@
 //! filters per webhook, batches when the app asks for it, and hands requests to delivery tasks.
 //! Everything waiting here counts against `server.webhook_queue`.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,6 +21,19 @@ const MAX_BATCH_EVENTS: usize = 100;
 /// Window in which repeated cache misses of one channel are reported once.
 const CACHE_MISS_DEDUP: Duration = Duration::from_secs(5);
 
+/// (app, channel, user id for member_removed).
+type DelayKey = (usize, Arc<str>, Option<String>);
+
+fn delay_key(hook: &Hook) -> DelayKey {
+    let user = match &hook.kind {
+        HookKind::MemberRemoved { user_id } | HookKind::MemberAdded { user_id } => {
+            Some(user_id.clone())
+        }
+        _ => None,
+    };
+    (hook.app.0 as usize, hook.channel.clone(), user)
+}
+
 struct Delayed {
     due: Instant,
     hook: Hook,
@@ -36,9 +50,11 @@ struct Sidecar {
     config: Config,
     stats: Arc<WebhookStats>,
     client: HttpClient,
-    delayed: Vec<Delayed>,
+    /// Departures waiting out the delay, keyed so a return finds its departure in O(1).
+    delayed: HashMap<DelayKey, Delayed>,
     batches: Vec<Batch>,
-    recent_misses: Vec<(Instant, usize, Arc<str>)>,
+    /// Cache misses reported in the last [`CACHE_MISS_DEDUP`], by (app, channel).
+    recent_misses: HashMap<(usize, Arc<str>), Instant>,
     tasks: JoinSet<()>,
     permits: Arc<Semaphore>,
 }
@@ -50,9 +66,9 @@ pub async fn run(config: Config, mut rx: mpsc::Receiver<Command>, stats: Arc<Web
         config,
         stats,
         client: delivery::client(),
-        delayed: Vec::new(),
+        delayed: HashMap::new(),
         batches: Vec::new(),
-        recent_misses: Vec::new(),
+        recent_misses: HashMap::new(),
         tasks: JoinSet::new(),
         permits,
     };
@@ -106,41 +122,27 @@ impl Sidecar {
                     return;
                 }
                 let due = now + Duration::from_secs(app.webhook_delay);
-                self.delayed.push(Delayed { due, hook });
+                self.delayed.insert(delay_key(&hook), Delayed { due, hook });
                 return;
             }
-            HookKind::ChannelOccupied | HookKind::MemberAdded { .. } => {
-                // A return within the delay cancels the pending departure and this arrival.
-                let opposite = |d: &Delayed| {
-                    d.hook.app == hook.app
-                        && d.hook.channel == hook.channel
-                        && match (&d.hook.kind, &hook.kind) {
-                            (HookKind::ChannelVacated, HookKind::ChannelOccupied) => true,
-                            (
-                                HookKind::MemberRemoved { user_id: a },
-                                HookKind::MemberAdded { user_id: b },
-                            ) => a == b,
-                            _ => false,
-                        }
-                };
-                if let Some(pos) = self.delayed.iter().position(opposite) {
-                    self.delayed.remove(pos);
-                    return;
-                }
+            // A return within the delay cancels the pending departure and this arrival.
+            HookKind::ChannelOccupied | HookKind::MemberAdded { .. }
+                if self.delayed.remove(&delay_key(&hook)).is_some() =>
+            {
+                return;
             }
             HookKind::CacheMiss => {
-                self.recent_misses
-                    .retain(|(t, _, _)| now.duration_since(*t) < CACHE_MISS_DEDUP);
-                let app_idx = hook.app.0 as usize;
-                if self
-                    .recent_misses
-                    .iter()
-                    .any(|(_, a, c)| *a == app_idx && *c == hook.channel)
-                {
-                    return;
+                let key = (hook.app.0 as usize, hook.channel.clone());
+                match self.recent_misses.get(&key) {
+                    Some(t) if now.duration_since(*t) < CACHE_MISS_DEDUP => return,
+                    _ => {
+                        if self.recent_misses.len() >= self.config.server.webhook_queue {
+                            // Bounded like everything else here; forgetting only risks a repeat.
+                            self.recent_misses.clear();
+                        }
+                        self.recent_misses.insert(key, now);
+                    }
                 }
-                self.recent_misses
-                    .push((now, app_idx, hook.channel.clone()));
             }
             _ => {}
         }
@@ -187,14 +189,19 @@ impl Sidecar {
     fn on_tick(&mut self, all: bool) {
         let now = Instant::now();
         let mut due = Vec::new();
-        self.delayed.retain(|d| {
+        self.delayed.retain(|_, d| {
             if all || d.due <= now {
-                due.push(d.hook.clone());
+                due.push((d.due, d.hook.clone()));
                 false
             } else {
                 true
             }
         });
+        // Oldest first, so departures keep their order when several fall due in one tick.
+        due.sort_by_key(|(due, _)| *due);
+        let due: Vec<Hook> = due.into_iter().map(|(_, h)| h).collect();
+        self.recent_misses
+            .retain(|_, t| now.duration_since(*t) < CACHE_MISS_DEDUP);
         for hook in due {
             self.route(hook);
         }
