@@ -145,29 +145,7 @@ pub async fn parent(ctx: Arc<Ctx>, a: ClientEventsArgs, group: &mut Group) -> Re
     m.insert("send_rate_requested_per_s".into(), a.rate);
     m.insert("send_rate_achieved_per_s".into(), achieved);
     m.insert("sent".into(), sent as f64);
-    m.insert("expected_deliveries".into(), expected as f64);
-    m.insert("delivered".into(), delivered as f64);
-    m.insert(
-        "delivery_ratio".into(),
-        if expected > 0 {
-            delivered as f64 / expected as f64
-        } else {
-            0.0
-        },
-    );
-    m.insert(
-        "delivered_msgs_per_s".into(),
-        delivered as f64 / a.duration.max(1e-3),
-    );
-    if let (Some(c0), Some(c1)) = (cpu0, cpu1) {
-        m.insert("server_cpu_seconds".into(), c1 - c0);
-        if delivered > 0 {
-            m.insert(
-                "server_cpu_s_per_million_deliveries".into(),
-                (c1 - c0) * 1e6 / delivered as f64,
-            );
-        }
-    }
+    super::record_deliveries(m, expected, delivered, a.duration.max(1e-3), (cpu0, cpu1));
     out.rates.push(RateCheck {
         what: "client events/s".into(),
         requested: a.rate,

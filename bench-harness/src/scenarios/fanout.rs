@@ -134,29 +134,7 @@ pub async fn parent(ctx: Arc<Ctx>, a: FanoutArgs, group: &mut Group) -> Result<O
     m.insert("publish_rate_requested_per_s".into(), a.rate);
     m.insert("publish_rate_achieved_per_s".into(), achieved_pub);
     m.insert("published".into(), published as f64);
-    m.insert("expected_deliveries".into(), expected as f64);
-    m.insert("delivered".into(), delivered as f64);
-    m.insert(
-        "delivery_ratio".into(),
-        if expected > 0 {
-            delivered as f64 / expected as f64
-        } else {
-            0.0
-        },
-    );
-    m.insert(
-        "delivered_msgs_per_s".into(),
-        delivered as f64 / deliver_window,
-    );
-    if let (Some(c0), Some(c1)) = (cpu0, cpu1) {
-        m.insert("server_cpu_seconds".into(), c1 - c0);
-        if delivered > 0 {
-            m.insert(
-                "server_cpu_s_per_million_deliveries".into(),
-                (c1 - c0) * 1e6 / delivered as f64,
-            );
-        }
-    }
+    super::record_deliveries(m, expected, delivered, deliver_window, (cpu0, cpu1));
     out.rates.push(RateCheck {
         what: "publishes/s".into(),
         requested: a.rate,

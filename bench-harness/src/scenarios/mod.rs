@@ -365,6 +365,36 @@ async fn handle_text(
 }
 
 /// Current CPU seconds of the server process, when --server-pid is given.
+/// Records the delivery figures every fan-out style scenario reports: expected and delivered
+/// counts, the delivery ratio, delivered messages per second over `window_s`, and server CPU
+/// (total and per million deliveries) from two `/proc` readings.
+pub fn record_deliveries(
+    m: &mut std::collections::BTreeMap<String, f64>,
+    expected: u64,
+    delivered: u64,
+    window_s: f64,
+    cpu: (Option<f64>, Option<f64>),
+) {
+    m.insert("expected_deliveries".into(), expected as f64);
+    m.insert("delivered".into(), delivered as f64);
+    let ratio = if expected > 0 {
+        delivered as f64 / expected as f64
+    } else {
+        0.0
+    };
+    m.insert("delivery_ratio".into(), ratio);
+    m.insert("delivered_msgs_per_s".into(), delivered as f64 / window_s);
+    if let (Some(c0), Some(c1)) = cpu {
+        m.insert("server_cpu_seconds".into(), c1 - c0);
+        if delivered > 0 {
+            m.insert(
+                "server_cpu_s_per_million_deliveries".into(),
+                (c1 - c0) * 1e6 / delivered as f64,
+            );
+        }
+    }
+}
+
 pub fn server_cpu(ctx: &Ctx) -> Option<f64> {
     let pid = ctx.common.server_pid?;
     crate::procfs::cpu_seconds(&pid.to_string()).ok()
