@@ -122,6 +122,9 @@ pub struct AppConfig {
     pub webhook_retry_window: u64,
     /// Milliseconds events are collected into one request when `batch_webhooks` is on.
     pub webhook_batch_ms: u64,
+    /// Browser origins allowed to connect (`https://app.example.com`, `*.example.com`); empty
+    /// allows any. Others are refused with 4009 after the upgrade.
+    pub allowed_origins: Vec<String>,
     /// Webhook targets.
     pub webhooks: Vec<WebhookConfig>,
 }
@@ -148,6 +151,7 @@ impl Default for AppConfig {
             webhook_delay: 3,
             webhook_retry_window: 300,
             webhook_batch_ms: 250,
+            allowed_origins: Vec::new(),
             webhooks: Vec::new(),
         }
     }
@@ -191,6 +195,31 @@ pub struct Overrides {
     pub port: Option<u16>,
     /// `--workers`
     pub workers: Option<usize>,
+}
+
+impl AppConfig {
+    /// Whether a connection with this `Origin` header may connect. Entries match the whole
+    /// origin (`https://app.example.com`), or its host with `*.` for subdomains
+    /// (`*.example.com`); `*` allows any. No entries allow any, as does an absent header
+    /// (non-browser clients send none).
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else { return true };
+        if self.allowed_origins.is_empty() {
+            return true;
+        }
+        let host = origin.split_once("://").map_or(origin, |(_, h)| h);
+        let host = host.split(':').next().unwrap_or(host);
+        self.allowed_origins.iter().any(|a| {
+            a == "*"
+                || a.eq_ignore_ascii_case(origin)
+                || a.eq_ignore_ascii_case(host)
+                || a.strip_prefix("*.").is_some_and(|suffix| {
+                    host.len() > suffix.len() + 1
+                        && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                })
+        })
+    }
 }
 
 /// Webhook event names.
@@ -421,6 +450,19 @@ mod tests {
     fn unknown_keys_are_named() {
         let err = toml::from_str::<Config>("[server]\nprot = 1\n").unwrap_err();
         assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn origins() {
+        let mut app = Config::development().apps.remove(0);
+        assert!(app.origin_allowed(Some("https://evil.test")));
+        app.allowed_origins = vec!["https://app.example.com".into(), "*.example.org".into()];
+        assert!(app.origin_allowed(Some("https://app.example.com")));
+        assert!(!app.origin_allowed(Some("http://app.example.com.evil.test")));
+        assert!(app.origin_allowed(Some("https://a.example.org:8443")));
+        assert!(!app.origin_allowed(Some("https://example.org")));
+        assert!(!app.origin_allowed(Some("https://badexample.org")));
+        assert!(app.origin_allowed(None));
     }
 
     #[test]

@@ -279,3 +279,41 @@ async fn handshake_timeout_closes_half_finished_upgrade() {
     }
     c.assert_alive().await;
 }
+
+async fn connect_with_origin(server: &Server, origin: &str) -> WsStream {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = server
+        .ws_url("app-key")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("Origin", origin.parse().expect("header value"));
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("connect in time")
+    .expect("handshake");
+    ws
+}
+
+#[tokio::test]
+async fn origin_allow_list_refuses_other_origins_with_4009() {
+    let app = App::default().with(
+        "allowed_origins",
+        r#"["https://app.example.com", "*.example.org"]"#,
+    );
+    let server = Server::start_with(Config::with_app(app));
+    let mut ok = connect_with_origin(&server, "https://app.example.com").await;
+    let ev = recv_event(&mut ok, "connection_established").await;
+    assert_eq!(ev["event"], "pusher:connection_established");
+    let mut sub = connect_with_origin(&server, "https://eu.example.org").await;
+    let ev = recv_event(&mut sub, "connection_established").await;
+    assert_eq!(ev["event"], "pusher:connection_established");
+    let mut bad = connect_with_origin(&server, "https://evil.test").await;
+    let ev = recv_event(&mut bad, "pusher:error").await;
+    assert_eq!(ev["event"], "pusher:error", "{ev}");
+    assert_eq!(ev["data"]["code"], json!(4009), "{ev}");
+    assert_eq!(recv_close(&mut bad, "origin refusal").await, Some(4009));
+}

@@ -189,6 +189,9 @@ async fn websocket(shard: Rc<Shard>, stream: Rc<TcpStream>, req: Request, leftov
     if !cfg.enabled {
         return refuse(&stream, codes::APP_DISABLED, "Application disabled").await;
     }
+    if !cfg.origin_allowed(req.header("origin")) {
+        return refuse(&stream, codes::UNAUTHORIZED, "Origin not allowed").await;
+    }
     let count = &shared.app_connections[app.0 as usize];
     let now_open = count.fetch_add(1, Ordering::Relaxed) + 1;
     if cfg.max_connections > 0 && now_open > cfg.max_connections {
