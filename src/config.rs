@@ -48,6 +48,10 @@ pub struct ServerConfig {
     pub max_channel_name_length: usize,
     /// Messages waiting in one shard's bus inbox before publishes to it are dropped and counted.
     pub bus_capacity: usize,
+    /// Messages per second one connection may send, sustained (token bucket).
+    pub max_messages_per_second: u32,
+    /// Messages one connection may send in a burst above the sustained rate.
+    pub max_message_burst: u32,
     /// Webhook events waiting for the side-car (queued, delayed, batched or being retried)
     /// before new ones are dropped and counted.
     pub webhook_queue: usize,
@@ -72,6 +76,8 @@ impl Default for ServerConfig {
             max_request_body: 1024 * 1024,
             max_channel_name_length: 200,
             bus_capacity: 1 << 20,
+            max_messages_per_second: 100,
+            max_message_burst: 1000,
             webhook_queue: 100_000,
             webhook_concurrency: 64,
             webhook_timeout: 10,
@@ -315,6 +321,9 @@ impl Config {
         }
         if s.host.parse::<std::net::IpAddr>().is_err() {
             bail!("server.host must be an IP address, got {:?}", s.host);
+        }
+        if s.max_messages_per_second == 0 || s.max_message_burst == 0 {
+            bail!("server.max_messages_per_second and max_message_burst must be greater than 0");
         }
         if s.workers > 1024 {
             bail!("server.workers must be at most 1024");

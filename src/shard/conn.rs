@@ -83,6 +83,8 @@ pub struct Conn {
     pub auth_deadline: Option<u64>,
     /// Client-event rate window (second) and count in it.
     pub rate: (u64, u32),
+    /// Message token bucket: tokens left and when (ms) it was last refilled.
+    pub tokens: (u32, u64),
     /// Bytes of an incomplete frame; empty (no allocation) between frames.
     pub partial: Vec<u8>,
     /// A fragmented message being assembled.

@@ -26,6 +26,10 @@ fn error(shard: &Shard, st: &mut State, key: ConnKey, code: Option<u16>, msg: &s
 
 /// Handles one complete text message.
 pub fn on_message(shard: &Shard, st: &mut State, key: ConnKey, text: &str) {
+    if !take_token(shard, st, key) {
+        let msg = "Too many messages: slow down";
+        return error(shard, st, key, Some(codes::CLIENT_EVENT_REJECTED), msg);
+    }
     let msg = match message::parse(text) {
         Ok(m) => m,
         Err(e) => return error(shard, st, key, None, &e.to_string()),
@@ -49,6 +53,31 @@ pub fn on_message(shard: &Shard, st: &mut State, key: ConnKey, text: &str) {
             "Client events must be prefixed with client-",
         ),
     }
+}
+
+/// Every message costs a token; tokens refill at `max_messages_per_second` up to
+/// `max_message_burst`. This bounds what one connection can push onto the bus (subscribe and
+/// unsubscribe churn, client events) whatever it sends.
+fn take_token(shard: &Shard, st: &mut State, key: ConnKey) -> bool {
+    let cfg = &shard.shared.config.server;
+    let now = shard.now_ms();
+    let Some(conn) = st.conns.get_mut(key) else {
+        return false;
+    };
+    let (tokens, at) = conn.tokens;
+    let refill = now.saturating_sub(at) * cfg.max_messages_per_second as u64 / 1000;
+    let mut tokens = tokens;
+    let mut at = at;
+    if refill > 0 {
+        tokens = (tokens as u64 + refill).min(cfg.max_message_burst as u64) as u32;
+        at = now;
+    }
+    if tokens == 0 {
+        conn.tokens = (0, at);
+        return false;
+    }
+    conn.tokens = (tokens - 1, at);
+    true
 }
 
 fn subscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_>) {

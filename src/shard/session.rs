@@ -263,6 +263,7 @@ fn register(shard: &Rc<Shard>, stream: Rc<TcpStream>, app: AppIdx) -> crate::ids
         ping_sent: None,
         auth_deadline,
         rate: (0, 0),
+        tokens: (shard.shared.config.server.max_message_burst, now),
         partial: Vec::new(),
         fragments: None,
     });
