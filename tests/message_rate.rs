@@ -30,7 +30,10 @@ async fn message_flood_is_limited_and_the_connection_recovers() {
             other => panic!("unexpected {other:?}: {ev}"),
         }
     }
-    assert!((10..=11).contains(&pongs), "the burst of 10 passes: {pongs} pongs");
+    assert!(
+        (10..=11).contains(&pongs),
+        "the burst of 10 passes: {pongs} pongs"
+    );
     assert_eq!(pongs + limited, 15);
     // Refilled at 5 per second: after a moment the connection is served again.
     tokio::time::sleep(Duration::from_millis(600)).await;
