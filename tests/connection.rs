@@ -96,12 +96,42 @@ async fn upgrade_on_other_path_gets_4005() {
     expect_rejected(&server, "/nope/app-key?protocol=7", 4005).await;
 }
 
+/// Like `Server::connect_on_shard`, for a server with a tiny `max_connections`: a connection
+/// closed because it landed on the wrong shard frees its slot only once the server has seen it
+/// go, so a 4004 in between means "try again shortly".
+async fn connect_on_shard_under_quota(server: &Server, shard: usize) -> Client {
+    for _ in 0..400 {
+        let mut ws = server.connect_raw("/app/app-key?protocol=7").await;
+        let ev = recv_event(&mut ws, "first frame").await;
+        if ev["event"] == "pusher:error" {
+            assert_eq!(ev["data"]["code"], json!(4004), "{ev}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let data: Value =
+            serde_json::from_str(ev["data"].as_str().expect("string data")).expect("json data");
+        let socket_id = data["socket_id"].as_str().expect("socket_id").to_string();
+        let on = shard_of(&socket_id, server.workers());
+        let client = Client {
+            ws,
+            activity_timeout: data["activity_timeout"].as_u64().expect("activity_timeout"),
+            socket_id,
+            shard: on,
+        };
+        if on == shard {
+            return client;
+        }
+        client.close().await;
+    }
+    panic!("no connection landed on shard {shard}");
+}
+
 #[tokio::test]
 async fn max_connections_gets_4004_and_frees_slot_on_close() {
     let server = Server::start_with(Config::with_app(App::default().with("max_connections", 2)));
     // Put the two allowed connections on different shards: the limit is per app, not per shard.
-    let mut a = server.connect_on_shard(0).await;
-    let mut b = server.connect_on_shard(1).await;
+    let mut a = connect_on_shard_under_quota(&server, 0).await;
+    let mut b = connect_on_shard_under_quota(&server, 1).await;
     a.assert_alive().await;
     b.assert_alive().await;
     expect_rejected(&server, "/app/app-key?protocol=7", 4004).await;
