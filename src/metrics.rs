@@ -122,6 +122,11 @@ pub fn render(shards: &[ShardMetrics], extra: &[Series<'_>]) -> String {
             sum(|s| &s.http_requests),
         ),
         Series::counter(
+            "ringpush_webhook_events_queued_total",
+            "Webhook events handed to the side-car",
+            sum(|s| &s.webhooks_queued),
+        ),
+        Series::counter(
             "ringpush_accept_errors_total",
             "Failed accept calls",
             sum(|s| &s.accept_errors),

@@ -118,20 +118,8 @@ async fn api(shard: &Rc<Shard>, req: &Request) -> Response {
     let Some(&app) = shard.shared.by_id.get(segs[0]) else {
         return Response::error(404, "Unknown app");
     };
-    let cfg = shard.shared.app(app);
-    if let Err(e) = auth::verify_api_request(
-        &cfg.key,
-        &cfg.secret,
-        &req.method,
-        &req.path,
-        &req.query,
-        &req.body,
-        now_unix(),
-    ) {
-        return Response::error(401, &e.to_string());
-    }
-    if !cfg.enabled {
-        return Response::error(403, "Application disabled");
+    if let Err(refused) = authorize(shard, app, req) {
+        return refused;
     }
     match (req.method.as_str(), &segs[1..]) {
         ("POST", ["events"]) => trigger(shard, app, &req.body).await,
@@ -175,8 +163,21 @@ async fn unprefixed_terminate(shard: &Rc<Shard>, req: &Request) -> Response {
     else {
         return Response::error(401, "unknown auth_key");
     };
+    if let Err(refused) = authorize(shard, app, req) {
+        return refused;
+    }
+    let segs: Vec<&str> = req.path[1..].split('/').collect();
+    match segs[..] {
+        ["users", user, "terminate_connections"] => terminate(shard, app, user),
+        _ => Response::error(404, "Not found"),
+    }
+}
+
+/// Checks the request's signature for `app` (401) and that the app is enabled (403), before
+/// anything else happens.
+fn authorize(shard: &Shard, app: AppIdx, req: &Request) -> Result<(), Response> {
     let cfg = shard.shared.app(app);
-    let verified = auth::verify_api_request(
+    auth::verify_api_request(
         &cfg.key,
         &cfg.secret,
         &req.method,
@@ -184,18 +185,12 @@ async fn unprefixed_terminate(shard: &Rc<Shard>, req: &Request) -> Response {
         &req.query,
         &req.body,
         now_unix(),
-    );
-    if let Err(e) = verified {
-        return Response::error(401, &e.to_string());
-    }
+    )
+    .map_err(|e| Response::error(401, &e.to_string()))?;
     if !cfg.enabled {
-        return Response::error(403, "Application disabled");
+        return Err(Response::error(403, "Application disabled"));
     }
-    let segs: Vec<&str> = req.path[1..].split('/').collect();
-    match segs[..] {
-        ["users", user, "terminate_connections"] => terminate(shard, app, user),
-        _ => Response::error(404, "Not found"),
-    }
+    Ok(())
 }
 
 async fn ask<T>(

@@ -51,8 +51,6 @@ pub struct SignedIn {
 
 /// A live WebSocket connection. Owned by its shard; never crosses cores.
 pub struct Conn {
-    /// Slot generation (see [`ConnKey`]).
-    pub gen: u32,
     /// The socket; the reader task and any writer task hold clones.
     pub stream: Rc<TcpStream>,
     /// Raw descriptor of `stream`, for direct non-blocking calls.

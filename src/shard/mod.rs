@@ -268,14 +268,8 @@ fn run_shard(
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     let canceller = monoio::io::Canceller::new();
+    let handle = canceller.handle();
     shard.state.borrow_mut().accept_canceller = Some(canceller);
-    let handle = shard
-        .state
-        .borrow()
-        .accept_canceller
-        .as_ref()
-        .map(|c| c.handle());
-    let Some(handle) = handle else { return };
     let mut backoff = Duration::from_millis(5);
     loop {
         if shard.shared.shutting_down.load(Ordering::Relaxed) {

@@ -246,8 +246,7 @@ fn register(shard: &Rc<Shard>, stream: Rc<TcpStream>, app: AppIdx) -> crate::ids
     let fd = stream.as_raw_fd();
     let auth_deadline = (cfg.authorized_connections_timeout > 0)
         .then(|| now + cfg.authorized_connections_timeout * 1000);
-    let key = st.conns.insert(|key| Conn {
-        gen: key.gen,
+    let key = st.conns.insert(|_| Conn {
         stream,
         fd,
         app,

@@ -10,7 +10,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::fanout::subs_per_channel;
-use super::{conn_loop, open_paced, server_cpu, stop_all, wait_ready, Ctx, Phase, SendPlan};
+use super::{
+    conn_loop, open_paced, server_cpu, stop_all, wait_ready, wait_subscribed, Ctx, Phase, SendPlan,
+};
 use crate::cli::ClientEventsArgs;
 use crate::metrics::{unix_ns, WorkerReport};
 use crate::report::{Outcome, RateCheck};
@@ -94,12 +96,7 @@ pub async fn worker(
 
 /// Parent side: start the schedule, wait for sending and draining, collect.
 pub async fn parent(ctx: Arc<Ctx>, a: ClientEventsArgs, group: &mut Group) -> Result<Outcome> {
-    group.set_bar("subscribing", BarKind::Ready, a.n as u64);
-    let setup = a.n as f64 / a.connect_rate + 2.0 * ctx.common.connect_timeout + 10.0;
-    group
-        .wait_barrier("subscribed", ctx.deadline_in(setup))
-        .await?;
-    let subscribed = group.ready();
+    let subscribed = wait_subscribed(&ctx, group, a.n, a.connect_rate).await?;
     let epoch = unix_ns() + 300_000_000;
     let cpu0 = server_cpu(&ctx);
     group.set_bar("sending", BarKind::Done, 0);

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::publisher::publish;
-use super::{conn_loop, open_paced, server_cpu, stop_all, wait_ready, Ctx, Phase};
+use super::{conn_loop, open_paced, server_cpu, stop_all, wait_ready, wait_subscribed, Ctx, Phase};
 use crate::cli::FanoutArgs;
 use crate::metrics::{unix_ns, Stats, WorkerReport};
 use crate::report::{Outcome, RateCheck};
@@ -72,12 +72,7 @@ pub async fn worker(
 
 /// Parent side: wait for subscribers, publish on schedule, drain, collect.
 pub async fn parent(ctx: Arc<Ctx>, a: FanoutArgs, group: &mut Group) -> Result<Outcome> {
-    group.set_bar("subscribing", BarKind::Ready, a.n as u64);
-    let setup = a.n as f64 / a.connect_rate + 2.0 * ctx.common.connect_timeout + 10.0;
-    group
-        .wait_barrier("subscribed", ctx.deadline_in(setup))
-        .await?;
-    let subscribed = group.ready();
+    let subscribed = wait_subscribed(&ctx, group, a.n, a.connect_rate).await?;
     let epoch = unix_ns() + 200_000_000;
     let pub_stats = Arc::new(Stats::default());
     pub_stats.set_epoch(epoch);

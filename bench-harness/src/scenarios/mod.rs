@@ -365,6 +365,22 @@ async fn handle_text(
 }
 
 /// Current CPU seconds of the server process, when --server-pid is given.
+/// Parent side: shows the subscribing bar and waits until every worker's `n` connections are
+/// subscribed (or the setup deadline passes); returns how many are ready.
+pub async fn wait_subscribed(
+    ctx: &Ctx,
+    group: &mut Group,
+    n: usize,
+    connect_rate: f64,
+) -> Result<u64> {
+    group.set_bar("subscribing", crate::workers::BarKind::Ready, n as u64);
+    let setup = n as f64 / connect_rate + 2.0 * ctx.common.connect_timeout + 10.0;
+    group
+        .wait_barrier("subscribed", ctx.deadline_in(setup))
+        .await?;
+    Ok(group.ready())
+}
+
 /// Records the delivery figures every fan-out style scenario reports: expected and delivered
 /// counts, the delivery ratio, delivered messages per second over `window_s`, and server CPU
 /// (total and per million deliveries) from two `/proc` readings.
