@@ -81,8 +81,9 @@ describe('Laravel Echo', () => {
     const b = echoFor(await srv.client());
     const chA = a.private(room);
     const chB = b.private(room);
-    await subscribed(chA);
-    await subscribed(chB);
+    // Bind both before waiting: Echo's subscribed() only hears a subscription_succeeded that
+    // arrives after it is bound, and B's may land while A's is awaited.
+    await Promise.all([subscribed(chA), subscribed(chB)]);
     const got = h.withTimeout(new Promise((r) => chB.listenForWhisper('typing', r)), 5000, 'whisper');
     chA.whisper('typing', { name: 'A', typing: true });
     assert.deepEqual(await got, { name: 'A', typing: true });
