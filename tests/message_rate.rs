@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
@@ -15,6 +15,7 @@ async fn message_flood_is_limited_and_the_connection_recovers() {
         .with("max_message_burst", 10);
     let server = Server::start_with(config);
     let mut c = server.connect().await;
+    let start = Instant::now();
     for _ in 0..15 {
         c.send(json!({"event":"pusher:ping","data":{}})).await;
     }
@@ -30,10 +31,17 @@ async fn message_flood_is_limited_and_the_connection_recovers() {
             other => panic!("unexpected {other:?}: {ev}"),
         }
     }
+    // The bucket refills at 5 per second while the flood is read, so a slow machine may let a
+    // token or two more through; never fewer than the burst, and never all 15 within a second.
+    let elapsed = start.elapsed().as_secs_f64();
+    let refilled = (elapsed * 5.0).ceil() as usize;
     assert!(
-        (10..=11).contains(&pongs),
-        "the burst of 10 passes: {pongs} pongs"
+        (10..=10 + refilled).contains(&pongs),
+        "the burst of 10 passes (+{refilled} refilled in {elapsed:.2} s): {pongs} pongs"
     );
+    if elapsed < 0.9 {
+        assert!(limited > 0, "a flood above the budget is limited");
+    }
     assert_eq!(pongs + limited, 15);
     // Refilled at 5 per second: after a moment the connection is served again.
     tokio::time::sleep(Duration::from_millis(600)).await;

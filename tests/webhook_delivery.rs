@@ -103,7 +103,7 @@ async fn hanging_receiver_does_not_delay_channel_messages() {
             assert_eq!(c.expect_event("tick").await["data"], json!(i.to_string()));
         }
         assert!(
-            start.elapsed() < Duration::from_secs(2),
+            start.elapsed() < Duration::from_secs(5),
             "delivery waited on webhooks"
         );
     }
