@@ -122,7 +122,7 @@ pub fn verify_api_request(
         return Err(ApiAuthError::Version);
     }
     let given: i64 = ts.parse().map_err(|_| ApiAuthError::BadTimestamp)?;
-    if (now_unix - given).abs() > TIMESTAMP_WINDOW_SECS {
+    if now_unix.abs_diff(given) > TIMESTAMP_WINDOW_SECS as u64 {
         return Err(ApiAuthError::Expired {
             given,
             now: now_unix,
@@ -286,5 +286,24 @@ mod tests {
             verify_api_request(KEY, SECRET, "GET", "/apps/3/channels", &q, b"", 1000),
             Ok(())
         );
+    }
+
+    #[test]
+    fn extreme_timestamps_are_expired_not_overflowed() {
+        for ts in [i64::MIN, i64::MAX] {
+            let q: Vec<(String, String)> = vec![
+                ("auth_key".into(), KEY.into()),
+                ("auth_timestamp".into(), ts.to_string()),
+                ("auth_version".into(), "1.0".into()),
+                ("auth_signature".into(), "00".into()),
+            ];
+            for now in [0, 1_700_000_000, -5] {
+                let r = verify_api_request(KEY, SECRET, "GET", "/apps/3/channels", &q, b"", now);
+                assert!(
+                    matches!(r, Err(ApiAuthError::Expired { .. })),
+                    "{ts} at {now}: {r:?}"
+                );
+            }
+        }
     }
 }

@@ -220,9 +220,12 @@ impl AppConfig {
                 || a.eq_ignore_ascii_case(origin)
                 || a.eq_ignore_ascii_case(host)
                 || a.strip_prefix("*.").is_some_and(|suffix| {
+                    // Compared as bytes: the header is client input and may hold multi-byte
+                    // characters, where a str slice at a byte offset would panic.
+                    let (host, suffix) = (host.as_bytes(), suffix.as_bytes());
                     host.len() > suffix.len() + 1
                         && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                        && host[host.len() - suffix.len() - 1] == b'.'
                 })
         })
     }
@@ -471,6 +474,10 @@ mod tests {
         assert!(app.origin_allowed(Some("https://a.example.org:8443")));
         assert!(!app.origin_allowed(Some("https://example.org")));
         assert!(!app.origin_allowed(Some("https://badexample.org")));
+        // Multi-byte characters where the suffix would start: refused, never a panic.
+        assert!(!app.origin_allowed(Some("https://ééééééé")));
+        assert!(!app.origin_allowed(Some("https://\u{1F600}\u{1F600}\u{1F600}.org")));
+        assert!(app.origin_allowed(Some("https://é.example.org")));
         assert!(app.origin_allowed(None));
     }
 

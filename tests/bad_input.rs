@@ -309,3 +309,31 @@ async fn close_frame_with_invalid_code_closes_1002() {
         .await;
     expect_close_code(&mut ws, 1002, "close code 999").await;
 }
+
+#[tokio::test]
+async fn non_ascii_origin_is_refused_without_harm() {
+    let app = App::default().with("allowed_origins", r#"["*.example.org"]"#);
+    let server = Server::start_with(Config::with_app(app));
+    let mut nb = neighbours(&server).await;
+    for origin in [
+        "https://ééééééé",
+        "https://\u{1F600}\u{1F600}.org",
+        "https://é.org",
+    ] {
+        let mut raw = Raw::connect(server.addr).await;
+        let req = upgrade_request("/app/app-key?protocol=7", "dGhlIHNhbXBsZSBub25jZQ==").replacen(
+            "\r\n\r\n",
+            &format!("\r\nOrigin: {origin}\r\n\r\n"),
+            1,
+        );
+        raw.write(req.as_bytes()).await;
+        let (resp, _) = raw.read_to_eof(WAIT).await;
+        let text = String::from_utf8_lossy(&resp);
+        assert!(text.starts_with("HTTP/1.1 101"), "{origin}: {text:?}");
+        assert!(
+            text.contains("4009"),
+            "{origin} must be refused with 4009: {text:?}"
+        );
+    }
+    assert_still_served(&server, &mut nb, "non-ascii-origin").await;
+}
