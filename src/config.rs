@@ -34,7 +34,8 @@ pub struct ServerConfig {
     /// Seconds to wait for any frame after a server ping before closing with 4201.
     pub pong_timeout: u64,
     /// Seconds a new TCP connection may take to finish its HTTP request or upgrade; also the idle
-    /// limit of a keep-alive HTTP connection.
+    /// limit of a keep-alive HTTP connection and the longest a response write may wait for the
+    /// client to read.
     pub handshake_timeout: u64,
     /// Seconds given to clients to go away on SIGTERM before the process exits.
     pub shutdown_grace: u64,

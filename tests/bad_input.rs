@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 /// One subscribed client per shard.
 async fn neighbours(server: &Server) -> Vec<Client> {
@@ -336,4 +337,29 @@ async fn non_ascii_origin_is_refused_without_harm() {
         );
     }
     assert_still_served(&server, &mut nb, "non-ascii-origin").await;
+}
+
+#[tokio::test]
+async fn client_that_never_reads_its_responses_is_dropped() {
+    let server = Server::start_with(Config {
+        handshake_timeout: 1,
+        ..Config::default()
+    });
+    let mut nb = neighbours(&server).await;
+    let mut raw = Raw::connect(server.addr).await;
+    // Far more response bytes than the two socket buffers hold, then read nothing.
+    let requests = 4000;
+    let one = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    raw.write(&one.repeat(requests)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_still_served(&server, &mut nb, "stalled-reader").await;
+    // The server gave up on the stalled write and closed: reading now ends early at EOF
+    // instead of streaming every pipelined response.
+    let (resp, eof) = raw.read_to_eof(Duration::from_secs(20)).await;
+    let answered = resp.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+    assert!(eof, "the connection must be closed");
+    assert!(
+        answered > 0 && answered < requests,
+        "answered {answered} of {requests}"
+    );
 }

@@ -41,8 +41,12 @@ pub async fn run(shard: Rc<Shard>, stream: TcpStream) {
                     }
                     Parsed::Partial => {}
                     Parsed::Error(status, msg) => {
-                        let _ =
-                            write_all(&stream, &Response::error(status, msg).to_bytes(false)).await;
+                        let _ = write_all(
+                            &stream,
+                            &Response::error(status, msg).to_bytes(false),
+                            limit,
+                        )
+                        .await;
                         return;
                     }
                 }
@@ -69,11 +73,11 @@ pub async fn run(shard: Rc<Shard>, stream: TcpStream) {
         }
         if shard.shared.shutting_down.load(Ordering::Relaxed) {
             let resp = Response::error(503, "server is shutting down");
-            let _ = write_all(&stream, &resp.to_bytes(false)).await;
+            let _ = write_all(&stream, &resp.to_bytes(false), limit).await;
             return;
         }
         let resp = Box::pin(api::handle(&shard, &req)).await;
-        if write_all(&stream, &resp.to_bytes(req.keep_alive))
+        if write_all(&stream, &resp.to_bytes(req.keep_alive), limit)
             .await
             .is_err()
             || !req.keep_alive
@@ -98,15 +102,24 @@ fn read_into(shard: &Shard, fd: i32, buf: &mut Vec<u8>, max: usize) -> Recv {
     r
 }
 
-/// Writes all of `data`, waiting for writability when the socket buffer is full.
-pub async fn write_all(stream: &TcpStream, data: &[u8]) -> std::io::Result<()> {
+/// Writes all of `data`, waiting for writability when the socket buffer is full, for at most
+/// `limit` in all: a client that stops reading its responses cannot hold the task, the socket
+/// and its buffers forever.
+pub async fn write_all(stream: &TcpStream, data: &[u8], limit: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + limit;
     let fd = stream.as_raw_fd();
     let mut off = 0;
     while off < data.len() {
         let n = sock::send_some(fd, &data[off..])?;
         off += n;
         if off < data.len() && n == 0 {
-            stream.writable(false).await?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            monoio::select! {
+                r = stream.writable(false) => r?,
+                _ = monoio::time::sleep(remaining) => {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+            }
         }
     }
     Ok(())
@@ -114,10 +127,10 @@ pub async fn write_all(stream: &TcpStream, data: &[u8]) -> std::io::Result<()> {
 
 /// Refuses a WebSocket after the upgrade: `pusher:error`, close frame, then linger briefly so the
 /// client reads both before the socket goes.
-async fn refuse(stream: &TcpStream, code: u16, message: &str) {
+async fn refuse(stream: &TcpStream, limit: Duration, code: u16, message: &str) {
     let mut out = encode::error(Some(code), message).to_vec();
     out.extend_from_slice(&codec::close_frame(code, message));
-    if write_all(stream, &out).await.is_err() {
+    if write_all(stream, &out, limit).await.is_err() {
         return;
     }
     sock::shutdown(stream.as_raw_fd(), libc::SHUT_WR);
@@ -147,6 +160,7 @@ fn protocol_ok(req: &Request) -> bool {
 }
 
 async fn websocket(shard: Rc<Shard>, stream: Rc<TcpStream>, req: Request, leftover: Vec<u8>) {
+    let limit = Duration::from_secs(shard.shared.config.server.handshake_timeout);
     let key = match handshake::validate(
         &req.method,
         req.header("sec-websocket-version"),
@@ -157,12 +171,13 @@ async fn websocket(shard: Rc<Shard>, stream: Rc<TcpStream>, req: Request, leftov
             let _ = write_all(
                 &stream,
                 &Response::error(400, &e.to_string()).to_bytes(false),
+                limit,
             )
             .await;
             return;
         }
     };
-    if write_all(&stream, &handshake::switching_response(&key))
+    if write_all(&stream, &handshake::switching_response(&key), limit)
         .await
         .is_err()
     {
@@ -170,27 +185,39 @@ async fn websocket(shard: Rc<Shard>, stream: Rc<TcpStream>, req: Request, leftov
     }
     let shared = shard.shared.clone();
     if shared.shutting_down.load(Ordering::Relaxed) {
-        return refuse(&stream, codes::RECONNECT, "Server is shutting down").await;
+        return refuse(&stream, limit, codes::RECONNECT, "Server is shutting down").await;
     }
     let Some(app_key) = req
         .path
         .strip_prefix("/app/")
         .filter(|k| !k.is_empty() && !k.contains('/'))
     else {
-        return refuse(&stream, codes::PATH_NOT_FOUND, "Path not found").await;
+        return refuse(&stream, limit, codes::PATH_NOT_FOUND, "Path not found").await;
     };
     if !protocol_ok(&req) {
-        return refuse(&stream, codes::BAD_PROTOCOL, "Unsupported protocol version").await;
+        return refuse(
+            &stream,
+            limit,
+            codes::BAD_PROTOCOL,
+            "Unsupported protocol version",
+        )
+        .await;
     }
     let Some(&app) = shared.by_key.get(app_key) else {
-        return refuse(&stream, codes::APP_NOT_FOUND, "Application does not exist").await;
+        return refuse(
+            &stream,
+            limit,
+            codes::APP_NOT_FOUND,
+            "Application does not exist",
+        )
+        .await;
     };
     let cfg = shared.app(app);
     if !cfg.enabled {
-        return refuse(&stream, codes::APP_DISABLED, "Application disabled").await;
+        return refuse(&stream, limit, codes::APP_DISABLED, "Application disabled").await;
     }
     if !cfg.origin_allowed(req.header("origin")) {
-        return refuse(&stream, codes::UNAUTHORIZED, "Origin not allowed").await;
+        return refuse(&stream, limit, codes::UNAUTHORIZED, "Origin not allowed").await;
     }
     let count = &shared.app_connections[app.0 as usize];
     let now_open = count.fetch_add(1, Ordering::Relaxed) + 1;
@@ -198,6 +225,7 @@ async fn websocket(shard: Rc<Shard>, stream: Rc<TcpStream>, req: Request, leftov
         count.fetch_sub(1, Ordering::Relaxed);
         return refuse(
             &stream,
+            limit,
             codes::OVER_QUOTA,
             "Application is over connection quota",
         )
