@@ -94,3 +94,62 @@ async fn slow_consumer_is_closed_with_4100_and_others_unharmed() {
     assert_eq!(line, "ringpush_slow_consumers_closed_total 1");
     fast.assert_alive().await;
 }
+
+/// A client whose socket is full (the server is waiting to write) and which then half-closes:
+/// the server must let the socket go, not keep a writer waiting on it for as long as the peer
+/// keeps the TCP connection up.
+#[tokio::test]
+async fn half_closed_stalled_reader_releases_its_socket() {
+    let server = Server::start_with(Config::default().with("max_outbound_bytes", 16 << 20));
+    let ch = uniq("stall");
+    let mut fast = server.connect().await;
+    fast.subscribe(&ch).await;
+    let baseline = server.open_fds();
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(4096).expect("rcvbuf");
+        let tcp = sock.connect(server.addr).await.expect("connect");
+        let (mut ws, _) = tokio_tungstenite::client_async(server.ws_url("app-key"), tcp)
+            .await
+            .expect("handshake");
+        let _established = ws.next().await;
+        let sub = json!({"event":"pusher:subscribe","data":{"channel":ch}}).to_string();
+        futures_util::SinkExt::send(&mut ws, Message::text(sub))
+            .await
+            .expect("subscribe");
+        let _succeeded = ws.next().await;
+        stalled.push(ws);
+    }
+    assert!(server.open_fds() >= baseline + 4);
+    // ~8 MB each: more than the kernel buffers of a reader that never reads (the send buffer
+    // may grow to 4 MiB), less than max_outbound_bytes (16 MiB), so the server keeps the rest
+    // queued and waits for writability.
+    let api = server.api();
+    let data = "x".repeat(9000);
+    for i in 0..90 {
+        let batch: Vec<Value> = (0..10)
+            .map(|j| json!({"name": format!("s{}", i * 10 + j), "channel": ch, "data": data}))
+            .collect();
+        let r = api.post("/batch_events", &json!({ "batch": batch })).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        for j in 0..10 {
+            fast.expect_event(&format!("s{}", i * 10 + j)).await;
+        }
+    }
+    // Half-close each stalled client (FIN, but keep the socket and never read).
+    let mut raw = Vec::new();
+    for ws in stalled {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(ws.get_ref());
+        // SAFETY: fd is a live socket owned by `ws`, which `raw` keeps alive below.
+        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+        raw.push(ws);
+    }
+    let fds = poll_until(|| async { server.open_fds() }, |n| *n <= baseline).await;
+    assert!(
+        fds <= baseline,
+        "sockets of half-closed stalled readers stay open: {fds} fds, {baseline} before"
+    );
+    fast.assert_alive().await;
+    drop(raw);
+}

@@ -290,6 +290,13 @@ pub fn remove_conn(shard: &Rc<Shard>, key: ConnKey) {
     let Some(conn) = st.conns.remove(key) else {
         return;
     };
+    // A writer task may still wait for this socket to drain, holding its own handle. A peer
+    // that half-closed and stopped reading would never make it writable (with epoll nothing
+    // else wakes it), so shut the socket down: the writer wakes, finds no connection, and the
+    // descriptor is released.
+    if conn.writer_active {
+        sock::shutdown(conn.fd, libc::SHUT_RDWR);
+    }
     let app = conn.app;
     for sub in &conn.subs {
         if sub.state != SubState::Active {

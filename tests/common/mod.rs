@@ -307,6 +307,18 @@ impl Server {
         }
     }
 
+    /// Process id of the server.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Open file descriptors of the server process.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     /// Number of shards configured.
     pub fn workers(&self) -> u32 {
         self.config.workers
