@@ -363,3 +363,30 @@ async fn client_that_never_reads_its_responses_is_dropped() {
         "answered {answered} of {requests}"
     );
 }
+
+#[tokio::test]
+async fn frames_trickled_in_small_pieces_are_reassembled() {
+    let server = Server::start();
+    let mut ws = RawWs::connect(&server).await;
+    // Two pings back to back (a large one and a small one), sent a few bytes at a time with a
+    // pause now and then so the server sees many partial reads and a frame boundary mid-read.
+    let pad = "p".repeat(20_000);
+    let big = format!(r#"{{"event":"pusher:ping","data":{{"pad":"{pad}"}}}}"#);
+    let mut bytes = build_frame(0x81, big.as_bytes(), true);
+    bytes.extend_from_slice(&build_frame(
+        0x81,
+        br#"{"event":"pusher:ping","data":{}}"#,
+        true,
+    ));
+    for (i, piece) in bytes.chunks(7).enumerate() {
+        assert!(ws.write(piece).await, "write");
+        if i % 64 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    for _ in 0..2 {
+        let f = ws.read_frame(WAIT).await.expect("pusher:pong");
+        let v: serde_json::Value = serde_json::from_slice(&f.payload).expect("json");
+        assert_eq!(v["event"], "pusher:pong");
+    }
+}

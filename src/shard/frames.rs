@@ -53,13 +53,16 @@ pub fn process(shard: &Shard, st: &mut State, key: ConnKey, data: &mut [u8]) {
     }
     conn.last_rx = now;
     conn.ping_sent = None;
-    let mut owned;
-    let buf: &mut [u8] = if conn.partial.is_empty() {
-        data
-    } else {
+    // A frame that arrives in many small reads is appended to `partial`, which keeps its
+    // capacity between reads, so a slow trickle costs one copy per byte, not one per read.
+    let from_partial = !conn.partial.is_empty();
+    let mut owned = Vec::new();
+    let buf: &mut [u8] = if from_partial {
         conn.partial.extend_from_slice(data);
         owned = std::mem::take(&mut conn.partial);
         &mut owned[..]
+    } else {
+        data
     };
     let mut pos = 0;
     loop {
@@ -80,7 +83,12 @@ pub fn process(shard: &Shard, st: &mut State, key: ConnKey, data: &mut [u8]) {
         }
     }
     if pos < buf.len() {
-        let rest = buf[pos..].to_vec();
+        let rest = if from_partial {
+            owned.drain(..pos);
+            owned
+        } else {
+            buf[pos..].to_vec()
+        };
         if let Some(conn) = st.conns.get_mut(key) {
             conn.partial = rest;
         }
