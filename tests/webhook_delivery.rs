@@ -111,12 +111,26 @@ async fn hanging_receiver_does_not_delay_channel_messages() {
 
 #[tokio::test]
 async fn sigterm_delivers_delayed_webhooks_before_exit() {
+    vacated_is_delivered_on_sigterm(Config::default().shutdown_grace).await;
+}
+
+/// The client below never answers the server's close frame, so it lingers until the server cuts
+/// it; with a short grace that used to take all of it and leave the webhooks none.
+#[tokio::test]
+async fn lingering_clients_leave_webhooks_part_of_a_short_grace() {
+    vacated_is_delivered_on_sigterm(2).await;
+}
+
+async fn vacated_is_delivered_on_sigterm(grace: u64) {
     let (url, mut rx, _) = receiver(false).await;
     let extra = [
         ("webhook_delay", "60".to_string()),
         ("webhook_retry_window", "5".to_string()),
     ];
-    let mut server = Server::start_with(Config::with_app(hooked_app(&url, &extra)));
+    let mut server = Server::start_with(Config {
+        shutdown_grace: grace,
+        ..Config::with_app(hooked_app(&url, &extra))
+    });
     let ch = uniq("bye");
     let mut c = server.connect().await;
     c.subscribe(&ch).await;

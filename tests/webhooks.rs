@@ -416,3 +416,40 @@ async fn batched_webhooks_carry_all_events() {
         check_signed(&hook, &app);
     }
 }
+
+#[tokio::test]
+async fn a_dead_endpoint_does_not_starve_other_webhooks_of_slots() {
+    // Two delivery slots in all; app "dead" has an endpoint that always answers 500.
+    let mut dead = Receiver::start(usize::MAX).await;
+    let mut good = Receiver::start(0).await;
+    let dead_app = App::new("dead-id", "dead-key", "dead-secret").webhook(&format!(
+        "url = {}",
+        serde_json::to_string(&dead.url()).unwrap()
+    ));
+    let good_app = hooked_app(&good.url(), "");
+    let config = Config {
+        apps: vec![dead_app, good_app.clone()],
+        ..Config::default()
+    }
+    .with("webhook_concurrency", 2);
+    let server = Server::start_with(config);
+    // Four occupied events for the dead endpoint: each is retried with backoff for minutes.
+    let mut c = server.connect_path("/app/dead-key?protocol=7").await;
+    for i in 0..4 {
+        c.subscribe(&format!("doomed-{i}")).await;
+    }
+    for _ in 0..4 {
+        dead.next_hook(WAIT)
+            .await
+            .expect("first attempts reach the dead endpoint");
+    }
+    // Another app's event still goes out promptly: the retrying ones hold no slot while they
+    // wait out their backoff.
+    let mut g = server
+        .connect_path(&format!("/app/{}?protocol=7", good_app.key))
+        .await;
+    g.subscribe("lively").await;
+    let (hook, ev) = good.wait_event("channel_occupied", "lively").await;
+    assert_eq!(ev["channel"], "lively");
+    check_signed(&hook, &good_app);
+}

@@ -296,7 +296,12 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 
 /// After the accept loop stops: wait for clients to leave, at most the grace period.
 async fn drain(shard: &Rc<Shard>) {
-    let grace = Duration::from_secs(shard.shared.config.server.shutdown_grace);
+    let mut grace = Duration::from_secs(shard.shared.config.server.shutdown_grace);
+    if shard.shared.webhooks.is_some() {
+        // Lingering clients may not take all of it: the webhooks their leaving causes (and any
+        // still delayed or retrying) are sent in the other half, before the grace ends.
+        grace /= 2;
+    }
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if shard.state.borrow().conns.is_empty() {

@@ -10,6 +10,7 @@ use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::Semaphore;
 
 use super::WebhookStats;
 
@@ -40,7 +41,10 @@ pub struct Delivery {
     pub headers: Vec<(String, String)>,
     /// `{"time_ms":..,"events":[..]}`.
     pub body: Bytes,
-    /// Give up after this long.
+    /// When the request was built; the retry window counts from here, so time spent waiting
+    /// for a free slot counts too.
+    pub created: Instant,
+    /// Give up this long after `created`.
     pub retry_window: Duration,
     /// Per-attempt timeout.
     pub timeout: Duration,
@@ -65,12 +69,25 @@ async fn attempt(client: &HttpClient, d: &Delivery) -> Result<(), String> {
     }
 }
 
-/// Sends until success or until the retry window (or the shutdown deadline) runs out.
-pub async fn deliver(client: HttpClient, d: Delivery, stats: Arc<WebhookStats>) {
-    let start = Instant::now();
+/// Sends until success or until the retry window (or the shutdown deadline) runs out. Each
+/// attempt holds one of the `permits` (the concurrency limit) only while it is in flight, so
+/// deliveries waiting out a backoff to a dead endpoint do not block everyone else's.
+pub async fn deliver(
+    client: HttpClient,
+    d: Delivery,
+    stats: Arc<WebhookStats>,
+    permits: Arc<Semaphore>,
+) {
+    let start = d.created;
     let mut backoff = FIRST_BACKOFF;
     loop {
-        match attempt(&client, &d).await {
+        let outcome = {
+            let Ok(_permit) = permits.acquire().await else {
+                return;
+            };
+            attempt(&client, &d).await
+        };
+        match outcome {
             Ok(()) => {
                 stats.sent.fetch_add(1, Ordering::Relaxed);
                 return;

@@ -174,7 +174,9 @@ impl Webhooks {
 
     /// Delivers what is pending (delayed events at once) and waits for it until `deadline`.
     pub fn finish(&self, deadline: Instant) {
-        let _ = self.tx.try_send(Command::Finish(deadline));
+        // Blocking: a full queue must delay the command, not lose it. The side-car keeps
+        // consuming, so this waits at most for the events ahead of it to be taken.
+        let _ = self.tx.blocking_send(Command::Finish(deadline));
         let handle = self.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(t) = handle {
             let _ = t.join();

@@ -252,6 +252,7 @@ impl Sidecar {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             body: Bytes::from(body),
+            created: Instant::now(),
             retry_window: Duration::from_secs(app.webhook_retry_window),
             timeout: Duration::from_secs(self.config.server.webhook_timeout),
         };
@@ -260,12 +261,8 @@ impl Sidecar {
             self.stats.clone(),
             self.permits.clone(),
         );
-        self.tasks.spawn(async move {
-            let Ok(_permit) = permits.acquire_owned().await else {
-                return;
-            };
-            delivery::deliver(client, d, stats).await;
-        });
+        self.tasks
+            .spawn(async move { delivery::deliver(client, d, stats, permits).await });
     }
 }
 
