@@ -332,6 +332,18 @@ impl Config {
         if s.workers > 1024 {
             bail!("server.workers must be at most 1024");
         }
+        for (name, v) in [
+            ("activity_timeout", s.activity_timeout),
+            ("pong_timeout", s.pong_timeout),
+            ("handshake_timeout", s.handshake_timeout),
+            ("shutdown_grace", s.shutdown_grace),
+            ("webhook_timeout", s.webhook_timeout),
+        ] {
+            check_seconds(&format!("server.{name}"), v)?;
+        }
+        if s.max_request_body > MAX_REQUEST_BODY_LIMIT {
+            bail!("server.max_request_body must be at most {MAX_REQUEST_BODY_LIMIT} bytes");
+        }
         if self.apps.len() > u16::MAX as usize {
             bail!("at most {} [[apps]] entries are supported", u16::MAX);
         }
@@ -360,9 +372,28 @@ impl Config {
             if a.cache_ttl == 0 {
                 bail!("apps[{i}].cache_ttl must be greater than 0");
             }
+            for (name, v) in [
+                ("cache_ttl", a.cache_ttl),
+                (
+                    "authorized_connections_timeout",
+                    a.authorized_connections_timeout,
+                ),
+                ("webhook_delay", a.webhook_delay),
+                ("webhook_retry_window", a.webhook_retry_window),
+                ("webhook_batch_ms", a.webhook_batch_ms / 1000),
+            ] {
+                check_seconds(&format!("apps[{i}].{name}"), v)?;
+            }
             for (j, w) in a.webhooks.iter().enumerate() {
                 if !w.url.starts_with("http://") || w.url.parse::<hyper::Uri>().is_err() {
                     bail!("apps[{i}].webhooks[{j}].url must be a valid http:// URL");
+                }
+                for (k, v) in &w.headers {
+                    if hyper::header::HeaderName::from_bytes(k.as_bytes()).is_err()
+                        || hyper::header::HeaderValue::from_str(v).is_err()
+                    {
+                        bail!("apps[{i}].webhooks[{j}].headers: {k:?} is not a valid HTTP header");
+                    }
                 }
                 for t in &w.event_types {
                     if !WEBHOOK_EVENTS.contains(&t.as_str()) {
@@ -387,6 +418,21 @@ impl Config {
                 .unwrap_or(1)
         }
     }
+}
+
+/// Upper bound for any duration setting: a year. Far beyond any sensible value, and small
+/// enough that adding it to a clock or turning it into milliseconds can never overflow.
+pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
+
+/// Upper bound for `max_request_body`: the HTTP API never needs more (events are 10 KB by
+/// default, batches at most 10 of them).
+pub const MAX_REQUEST_BODY_LIMIT: usize = 64 << 20;
+
+fn check_seconds(name: &str, v: u64) -> Result<()> {
+    if v > MAX_SECONDS {
+        bail!("{name} must be at most {MAX_SECONDS} seconds (a year), got {v}");
+    }
+    Ok(())
 }
 
 fn development_value() -> toml::Value {

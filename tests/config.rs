@@ -52,6 +52,23 @@ fn bad_configurations_name_the_key() {
             format!("{APP}[[apps.webhooks]]\nurl = \"ftp://x\"\n"),
             "apps[0].webhooks[0].url",
         ),
+        (
+            "hugetimeout",
+            format!("[server]\nhandshake_timeout = 9223372036854775807\n{APP}"),
+            "server.handshake_timeout",
+        ),
+        (
+            "hugettl",
+            format!("{APP}cache_ttl = 9999999999999\n"),
+            "apps[0].cache_ttl",
+        ),
+        (
+            "hookheader",
+            format!(
+                "{APP}[[apps.webhooks]]\nurl = \"http://127.0.0.1:9/\"\nheaders = {{ \"bad name\" = \"v\" }}\n"
+            ),
+            "apps[0].webhooks[0].headers",
+        ),
     ];
     for (name, text, key) in cases {
         let path = write(name, &text);
