@@ -27,6 +27,10 @@ pub struct Publication {
     pub except: Option<Arc<str>>,
     /// For cache channels: the event's raw `data`, kept with the frame for late subscribers.
     pub cache_data: Option<Arc<str>>,
+    /// Presence member and subscription-count notices: never dropped by a full inbox, since a
+    /// lost `member_removed` would leave a ghost in every client's member list. Their number is
+    /// bounded by subscribe/unsubscribe traffic, which the per-connection message budget limits.
+    pub essential: bool,
 }
 
 /// Aggregated facts about one channel, answered by its home shard.
@@ -176,10 +180,15 @@ pub enum BusMsg {
 }
 
 impl BusMsg {
-    /// Data messages may be dropped when an inbox is over capacity; control messages never are,
-    /// because their number is bounded by the state (subscriptions, connections) that exists.
+    /// Data messages may be dropped when an inbox is over capacity; control messages and
+    /// essential publications never are: their number is bounded by the state (subscriptions,
+    /// connections) and by the per-connection message budget that limits how fast it changes.
     fn droppable(&self) -> bool {
-        matches!(self, BusMsg::Publish(_) | BusMsg::ToUser { .. })
+        match self {
+            BusMsg::Publish(p) => !p.essential,
+            BusMsg::ToUser { .. } => true,
+            _ => false,
+        }
     }
 }
 
@@ -305,5 +314,19 @@ mod tests {
         assert!(bus.send(ShardId(0), BusMsg::Shutdown));
         assert_eq!(bus.dropped(ShardId(0)), 1);
         assert_eq!(bus.backlog(ShardId(0)), 3);
+        let publication = |essential| {
+            BusMsg::Publish(Arc::new(Publication {
+                app: AppIdx(0),
+                channel: "presence-x".into(),
+                frame: Bytes::new(),
+                except: None,
+                cache_data: None,
+                essential,
+            }))
+        };
+        assert!(!bus.send(ShardId(0), publication(false)));
+        assert!(bus.send(ShardId(0), publication(true)));
+        assert_eq!(bus.dropped(ShardId(0)), 2);
+        assert_eq!(bus.backlog(ShardId(0)), 4);
     }
 }

@@ -389,6 +389,7 @@ fn publish(shard: &Shard, app: AppIdx, ev: &Event) -> bool {
             frame,
             except: ev.socket_id.clone(),
             cache_data,
+            essential: false,
         });
     }
     all

@@ -230,6 +230,7 @@ fn member_event(
         frame,
         except,
         cache_data: None,
+        essential: true,
     });
 }
 
@@ -278,6 +279,7 @@ pub fn publish_count(shard: &Shard, app: AppIdx, channel: &Arc<str>, count: usiz
         frame,
         except: None,
         cache_data: None,
+        essential: true,
     });
 }
 

@@ -482,6 +482,7 @@ fn client_event(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage
         frame,
         except: Some(conn.socket_id.clone()),
         cache_data: None,
+        essential: false,
     });
 }
 
