@@ -309,6 +309,17 @@ async fn close_frame_with_invalid_code_closes_1002() {
     ws.write(&build_frame(0x88, &999u16.to_be_bytes(), true))
         .await;
     expect_close_code(&mut ws, 1002, "close code 999").await;
+    let mut ws = RawWs::connect(&server).await;
+    ws.write(&build_frame(0x88, &[3], true)).await;
+    expect_close_code(&mut ws, 1002, "one-byte close body").await;
+    let mut ws = RawWs::connect(&server).await;
+    ws.write(&build_frame(0x88, &[0x03, 0xe8, 0xff, 0xfe], true))
+        .await;
+    expect_close_code(&mut ws, 1007, "close reason not UTF-8").await;
+    let mut ws = RawWs::connect(&server).await;
+    ws.write(&build_frame(0x88, &[0x0f, 0xa0, b'o', b'k'], true))
+        .await;
+    expect_close_code(&mut ws, 4000, "valid close echoed").await;
 }
 
 #[tokio::test]

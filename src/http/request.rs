@@ -90,11 +90,17 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
     if out.header("transfer-encoding").is_some() {
         return Parsed::Error(411, "chunked bodies are not supported; send Content-Length");
     }
-    let len = match out.header("content-length") {
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) => n,
-            Err(_) => return Parsed::Error(400, "bad Content-Length"),
-        },
+    // Digits only, and one value: a sign or conflicting duplicates are how request smuggling
+    // starts (RFC 9112 6.3).
+    let mut lengths = out.headers.iter().filter(|(k, _)| k == "content-length");
+    let len = match lengths.next() {
+        Some((_, v)) if !v.is_empty() && v.bytes().all(|c| c.is_ascii_digit()) => {
+            match v.parse::<usize>() {
+                Ok(n) if lengths.all(|(_, w)| w == v) => n,
+                _ => return Parsed::Error(400, "bad Content-Length"),
+            }
+        }
+        Some(_) => return Parsed::Error(400, "bad Content-Length"),
         None => 0,
     };
     if len > max_body {
@@ -136,8 +142,11 @@ pub fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let hex = b.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None; // from_str_radix alone would accept a sign, as in "%+1"
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(b[i]);
@@ -186,6 +195,19 @@ mod tests {
             parse(b"GET /?a=%zz HTTP/1.1\r\n\r\n", 10),
             Parsed::Error(400, _)
         ));
+        assert!(matches!(
+            parse(b"GET /?a=%+1 HTTP/1.1\r\n\r\n", 10),
+            Parsed::Error(400, _)
+        ));
+        for head in [
+            &b"POST / HTTP/1.1\r\nContent-Length: +2\r\n\r\nab"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
+        ] {
+            assert!(matches!(parse(head, 10), Parsed::Error(400, _)), "{head:?}");
+        }
+        let same = b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab";
+        assert!(matches!(parse(same, 10), Parsed::Complete(..)));
         let c = b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
         let Parsed::Complete(r, _) = parse(c, 10) else {
             panic!()

@@ -312,11 +312,18 @@ pub fn user_data(text: &str, max_id: usize, max_info: usize) -> Result<UserData,
     if let Some(w) = &m.watchlist {
         let ids: Vec<sonic_rs::Value> =
             sonic_rs::from_str(w.as_raw_str()).map_err(|_| MemberError::BadId("watchlist"))?;
+        // Each id once, in the order given: a repeated id would double every notice.
+        let mut seen = std::collections::HashSet::new();
         for v in ids {
-            if let Some(s) = v.as_str() {
-                watchlist.push(s.to_owned());
+            let id = if let Some(s) = v.as_str() {
+                s.to_owned()
             } else if v.is_number() {
-                watchlist.push(v.to_string());
+                v.to_string()
+            } else {
+                continue;
+            };
+            if seen.insert(id.clone()) {
+                watchlist.push(id);
             }
         }
     }
@@ -383,9 +390,9 @@ mod tests {
 
     #[test]
     fn user_data_needs_string_id() {
-        let u = user_data(r#"{"id":"7","watchlist":["1",2]}"#, 128, 1024).unwrap();
+        let u = user_data(r#"{"id":"7","watchlist":["1",2,"1",2,"3"]}"#, 128, 1024).unwrap();
         assert_eq!(u.member.key, "7");
-        assert_eq!(u.watchlist, vec!["1".to_string(), "2".to_string()]);
+        assert_eq!(u.watchlist, vec!["1", "2", "3"]);
         assert!(user_data(r#"{"id":7}"#, 128, 1024).is_err());
         assert!(user_data(r#"{"id":""}"#, 128, 1024).is_err());
     }

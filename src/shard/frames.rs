@@ -108,12 +108,15 @@ fn on_frame(shard: &Shard, st: &mut State, key: ConnKey, h: Header, payload: &mu
         }
         OpCode::Pong => true,
         OpCode::Close => {
+            // RFC 6455 5.5.1 / 7.4: no body, or a valid code and a UTF-8 reason.
             let code = match payload {
+                [] => close::NORMAL,
+                [_] => close::PROTOCOL,
+                [_, _, reason @ ..] if std::str::from_utf8(reason).is_err() => close::INVALID_DATA,
                 [a, b, ..] => match u16::from_be_bytes([*a, *b]) {
                     c @ (1000..=1003 | 1007..=1014 | 3000..=4999) => c,
                     _ => close::PROTOCOL,
                 },
-                _ => close::NORMAL,
             };
             shard.close(st, key, code, "", false);
             false
