@@ -50,6 +50,9 @@ impl Request {
 pub enum Parsed {
     /// More bytes are needed.
     Partial,
+    /// The head is complete but the body is not: the whole request is this many bytes, so
+    /// there is no point parsing again before they are all in.
+    NeedBody(usize),
     /// A request, and how many bytes it used.
     Complete(Box<Request>, usize),
     /// A malformed or oversized request: answer with this status and close.
@@ -107,7 +110,7 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
         return Parsed::Error(413, "request body too large");
     }
     if buf.len() < head_len + len {
-        return Parsed::Partial;
+        return Parsed::NeedBody(head_len + len);
     }
     out.body = buf[head_len..head_len + len].to_vec();
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -181,7 +184,7 @@ mod tests {
         ));
         assert!(matches!(
             parse(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", 10),
-            Parsed::Partial
+            Parsed::NeedBody(43)
         ));
         assert!(matches!(
             parse(b"\x00\x01 junk\r\n\r\n", 10),

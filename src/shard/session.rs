@@ -32,14 +32,18 @@ pub async fn run(shard: Rc<Shard>, stream: TcpStream) {
     let max_body = shard.shared.config.server.max_request_body;
     loop {
         let deadline = Instant::now() + limit;
+        // Bytes the request in progress needs in all, once its head is known: a body that
+        // trickles in is not re-parsed on every read.
+        let mut need = 0;
         let req = loop {
-            if !buf.is_empty() {
+            if !buf.is_empty() && buf.len() >= need {
                 match request::parse(&buf, max_body) {
                     Parsed::Complete(req, used) => {
                         buf.drain(..used);
                         break req;
                     }
                     Parsed::Partial => {}
+                    Parsed::NeedBody(n) => need = n,
                     Parsed::Error(status, msg) => {
                         let _ = write_all(
                             &stream,
