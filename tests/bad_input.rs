@@ -401,3 +401,23 @@ async fn frames_trickled_in_small_pieces_are_reassembled() {
         assert_eq!(v["event"], "pusher:pong");
     }
 }
+
+#[tokio::test]
+async fn oversized_body_still_gets_its_413() {
+    let server = Server::start();
+    let mut raw = Raw::connect(server.addr).await;
+    let body = vec![b'x'; 2 << 20]; // over the 1 MiB default max_request_body
+    let head = format!(
+        "POST /apps/app-id/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    raw.write(head.as_bytes()).await;
+    // Keep sending the body the server has already refused, as a client that does not read
+    // between writes would. (On loopback the answer arrives before any reset could, so this
+    // checks the answer, not the linger that protects it on real networks.)
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut raw.stream, &body).await;
+    let (resp, _) = raw.read_to_eof(WAIT).await;
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text:?}");
+}

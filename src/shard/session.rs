@@ -45,12 +45,12 @@ pub async fn run(shard: Rc<Shard>, stream: TcpStream) {
                     Parsed::Partial => {}
                     Parsed::NeedBody(n) => need = n,
                     Parsed::Error(status, msg) => {
-                        let _ = write_all(
-                            &stream,
-                            &Response::error(status, msg).to_bytes(false),
-                            limit,
-                        )
-                        .await;
+                        let resp = Response::error(status, msg).to_bytes(false);
+                        if write_all(&stream, &resp, limit).await.is_ok() {
+                            // The client may still be sending (a body over the limit): closing
+                            // with unread input would reset the connection and lose the answer.
+                            linger(&stream).await;
+                        }
                         return;
                     }
                 }
@@ -134,9 +134,14 @@ pub async fn write_all(stream: &TcpStream, data: &[u8], limit: Duration) -> std:
 async fn refuse(stream: &TcpStream, limit: Duration, code: u16, message: &str) {
     let mut out = encode::error(Some(code), message).to_vec();
     out.extend_from_slice(&codec::close_frame(code, message));
-    if write_all(stream, &out, limit).await.is_err() {
-        return;
+    if write_all(stream, &out, limit).await.is_ok() {
+        linger(stream).await;
     }
+}
+
+/// Half-closes after a final answer and reads (discarding) until the peer closes or 2 s pass, so
+/// the answer is not lost to a reset caused by input we never read.
+async fn linger(stream: &TcpStream) {
     sock::shutdown(stream.as_raw_fd(), libc::SHUT_WR);
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut sink = [0u8; 1024];
