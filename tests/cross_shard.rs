@@ -222,3 +222,85 @@ async fn multi_channel_trigger_across_shards_delivers_once_per_subscription() {
     a.assert_alive().await;
     b.assert_alive().await;
 }
+
+/// Subscribers leave in a scrambled order (by unsubscribe and by disconnect, some presence
+/// members among them): every publish after that reaches exactly the ones still there.
+#[tokio::test]
+async fn leaving_in_any_order_keeps_the_channel_index_exact() {
+    let server = Server::start();
+    let app = server.app();
+    let ch = uniq("churn");
+    let pch = format!("presence-{}", uniq("churn"));
+    let mut clients = Vec::new();
+    for i in 0..30 {
+        let mut c = server.connect().await;
+        c.subscribe(&ch).await;
+        c.subscribe_presence(&app, &pch, json!(format!("u{i}")), json!({}))
+            .await;
+        clients.push(Some(c));
+    }
+    let mut seen: Vec<Vec<serde_json::Value>> = vec![Vec::new(); clients.len()];
+    let api = server.api();
+    // A fixed scramble of 20 of the 30: even steps unsubscribe, odd steps disconnect.
+    let leaving: Vec<usize> = (0..20).map(|i| (i * 7 + 3) % 30).collect();
+    for (n, &i) in leaving.iter().enumerate() {
+        if n % 2 == 0 {
+            let c = clients[i].as_mut().expect("client");
+            c.unsubscribe(&ch).await;
+            c.unsubscribe(&pch).await;
+            // The pong comes after the server handled both unsubscribes.
+            seen[i].extend(c.ping_sync().await);
+        } else {
+            clients[i] = None;
+            // Its departure reaches the other members once the server saw the close.
+            let j = (0..clients.len())
+                .find(|j| !leaving.contains(j))
+                .expect("a staying client");
+            let c = clients[j].as_mut().expect("client");
+            loop {
+                let ev = c.recv().await;
+                seen[j].push(ev.clone());
+                let gone = ev["event"] == "pusher_internal:member_removed"
+                    && ev["data"]
+                        .as_str()
+                        .is_some_and(|d| d.contains(&format!("\"u{i}\"")));
+                if gone {
+                    break;
+                }
+            }
+        }
+        // Publish after every departure so a stale slot would show up at once.
+        api.trigger(&ch, "tick", &n.to_string()).await;
+        api.trigger(&pch, "ptick", &n.to_string()).await;
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let Some(c) = c else { continue };
+        if let Some(pos) = leaving.iter().position(|&l| l == i) {
+            // Unsubscribed at step `pos`: it may hold publishes from before, never after.
+            seen[i].extend(c.ping_sync().await);
+            for ev in &seen[i] {
+                if ev["event"] == "tick" || ev["event"] == "ptick" {
+                    let k: usize = ev["data"].as_str().expect("data").parse().expect("n");
+                    assert!(k < pos, "client {i} left at step {pos} but got publish {k}");
+                }
+            }
+        } else {
+            // Still subscribed: every publish of both channels, each channel in order.
+            let (mut ticks, mut pticks) = (0, 0);
+            let mut earlier = std::mem::take(&mut seen[i]).into_iter();
+            while ticks < leaving.len() || pticks < leaving.len() {
+                let ev = match earlier.next() {
+                    Some(ev) => ev,
+                    None => c.recv().await,
+                };
+                let want = match ev["event"].as_str() {
+                    Some("tick") => &mut ticks,
+                    Some("ptick") => &mut pticks,
+                    _ => continue,
+                };
+                assert_eq!(ev["data"], json!(want.to_string()), "client {i}: {ev}");
+                *want += 1;
+            }
+        }
+    }
+}

@@ -36,6 +36,9 @@ pub struct Sub {
     pub state: SubState,
     /// The presence member this connection joined as.
     pub member: Option<Arc<Member>>,
+    /// While active: this connection's position in the channel's local index list, so leaving
+    /// costs O(1) however many subscribers the channel has.
+    pub slot: u32,
 }
 
 /// The user a connection signed in as.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::conn::{SignedIn, Sub, SubState};
-use super::state::{leave_home, unindex, watch, State};
+use super::state::{index_add, leave_home, unindex, watch, State};
 use super::Shard;
 use crate::auth;
 use crate::bus::{BusMsg, Publication};
@@ -195,6 +195,7 @@ fn subscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_
             ty,
             state: SubState::Pending,
             member: Some(m.clone()),
+            slot: 0,
         });
         let socket_id = conn.socket_id.clone();
         let from = shard.conn_ref(key);
@@ -211,16 +212,16 @@ fn subscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_
         );
         return;
     }
-    conn.subs.push(Sub {
-        channel: channel.clone(),
-        ty,
-        state: SubState::Active,
-        member: None,
-    });
-    st.index[app.0 as usize]
-        .entry(channel.clone())
-        .or_default()
-        .push(key);
+    let slot = index_add(&mut st.index[app.0 as usize], &channel, key);
+    if let Some(conn) = st.conns.get_mut(key) {
+        conn.subs.push(Sub {
+            channel: channel.clone(),
+            ty,
+            state: SubState::Active,
+            member: None,
+            slot,
+        });
+    }
     shard.send_to(st, key, encode::subscription_succeeded(&channel));
     after_join(shard, st, key, app, &channel, ty);
     if ty.kind != ChannelKind::ServerToUser {
@@ -293,7 +294,7 @@ fn unsubscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<
     };
     let removed = conn.subs.swap_remove(pos);
     if removed.state == SubState::Active {
-        unindex(st, app, &removed.channel, key);
+        unindex(st, app, &removed.channel, key, removed.slot);
         if removed.ty.kind != ChannelKind::ServerToUser {
             leave_home(shard, app, &removed);
         }
@@ -521,11 +522,8 @@ pub fn presence_joined(
     match result {
         Ok(frame) => {
             sub.state = SubState::Active;
+            sub.slot = index_add(&mut st.index[app.0 as usize], channel, key);
             let ty = sub.ty;
-            st.index[app.0 as usize]
-                .entry(channel.clone())
-                .or_default()
-                .push(key);
             shard.send_to(st, key, frame);
             after_join(shard, st, key, app, channel, ty);
         }

@@ -302,7 +302,7 @@ pub fn remove_conn(shard: &Rc<Shard>, key: ConnKey) {
         if sub.state != SubState::Active {
             continue; // a pending presence join is undone when its answer finds no connection
         }
-        unindex(&mut st, app, &sub.channel, key);
+        unindex(&mut st, app, &sub.channel, key, sub.slot);
         if sub.ty.kind != ChannelKind::ServerToUser {
             leave_home(shard, app, sub);
         }
@@ -322,16 +322,47 @@ pub fn remove_conn(shard: &Rc<Shard>, key: ConnKey) {
 }
 
 /// Drops `key` from the local index of a channel.
-pub fn unindex(st: &mut State, app: AppIdx, channel: &Arc<str>, key: ConnKey) {
+pub fn unindex(st: &mut State, app: AppIdx, channel: &Arc<str>, key: ConnKey, slot: u32) {
     let index = &mut st.index[app.0 as usize];
-    if let Some(list) = index.get_mut(channel) {
-        if let Some(pos) = list.iter().position(|k| *k == key) {
-            list.swap_remove(pos);
+    let Some(list) = index.get_mut(channel) else {
+        return;
+    };
+    let slot = slot as usize;
+    let pos = if list.get(slot) == Some(&key) {
+        slot
+    } else {
+        // Slots are kept in step with the list; searching is only a safety net.
+        debug_assert!(false, "index slot out of step");
+        match list.iter().position(|k| *k == key) {
+            Some(p) => p,
+            None => return,
         }
-        if list.is_empty() {
-            index.remove(channel);
+    };
+    list.swap_remove(pos);
+    if let Some(&moved) = list.get(pos) {
+        // The last subscriber moved into the freed slot: update its record of where it is.
+        if let Some(sub) = st.conns.get_mut(moved).and_then(|c| {
+            c.subs
+                .iter_mut()
+                .find(|s| s.state == SubState::Active && *s.channel == **channel)
+        }) {
+            sub.slot = pos as u32;
         }
     }
+    if list.is_empty() {
+        index.remove(channel);
+    }
+}
+
+/// Adds `key` to a channel's local index list and returns its slot there.
+pub fn index_add(
+    index: &mut HashMap<Arc<str>, Vec<ConnKey>>,
+    channel: &Arc<str>,
+    key: ConnKey,
+) -> u32 {
+    let list = index.entry(channel.clone()).or_default();
+    list.push(key);
+    (list.len() - 1) as u32
 }
 
 /// Tells the channel's home shard that an active subscription ended.
