@@ -118,7 +118,8 @@ async fn channel_info_cache() {
 
 #[tokio::test]
 async fn cache_expires_after_ttl() {
-    let server = Server::start_with(Config::with_app(App::default().with("cache_ttl", 1)));
+    // 3 s: trigger, connect and subscribe must fit inside it even on a loaded machine.
+    let server = Server::start_with(Config::with_app(App::default().with("cache_ttl", 3)));
     let api = server.api();
     api.trigger("cache-short", "ev", "soon-gone").await;
     let mut c = server.connect().await;
@@ -128,7 +129,7 @@ async fn cache_expires_after_ttl() {
         channel_event("cache-short", "ev", "soon-gone")
     );
     // No event to wait for: the entry simply has to age out.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let mut d = server.connect().await;
     d.subscribe("cache-short").await;
     d.expect_event("pusher:cache_miss").await;

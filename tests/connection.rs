@@ -226,6 +226,14 @@ fn short_timeouts() -> Config {
     }
 }
 
+/// Pings every second, but gives the (test) client 3 s to answer one.
+fn short_pings() -> Config {
+    Config {
+        pong_timeout: 3,
+        ..short_timeouts()
+    }
+}
+
 #[tokio::test]
 async fn silent_client_is_pinged_then_closed_4201() {
     let server = Server::start_with(short_timeouts());
@@ -247,7 +255,7 @@ async fn silent_client_is_pinged_then_closed_4201() {
 
 #[tokio::test]
 async fn answering_server_pings_keeps_connection_open() {
-    let server = Server::start_with(short_timeouts());
+    let server = Server::start_with(short_pings());
     let mut c = server.connect().await;
     for _ in 0..3 {
         let ping = tokio::time::timeout(Duration::from_secs(4), c.recv())
@@ -261,7 +269,7 @@ async fn answering_server_pings_keeps_connection_open() {
 
 #[tokio::test]
 async fn any_client_message_counts_as_activity() {
-    let server = Server::start_with(short_timeouts());
+    let server = Server::start_with(short_pings());
     let mut c = server.connect().await;
     let ping = tokio::time::timeout(Duration::from_secs(4), c.recv())
         .await

@@ -50,7 +50,7 @@ async fn emfile_backs_off_and_recovers() {
     let mut held = Vec::new();
     for _ in 0..60 {
         match tokio::time::timeout(
-            Duration::from_millis(300),
+            Duration::from_secs(2),
             tokio_tungstenite::connect_async(&url),
         )
         .await

@@ -208,7 +208,7 @@ async fn watchlist_online_and_offline() {
 #[tokio::test]
 async fn authorized_connections_timeout_closes_unauthorized_only() {
     let server = Server::start_with(Config::with_app(
-        App::default().with("authorized_connections_timeout", 1),
+        App::default().with("authorized_connections_timeout", 3),
     ));
     let app = server.app();
     let mut signed = server.connect().await;
@@ -219,7 +219,7 @@ async fn authorized_connections_timeout_closes_unauthorized_only() {
     public_only.subscribe("public-authz").await;
     let mut idle = server.connect().await;
 
-    let ev = tokio::time::timeout(Duration::from_secs(4), idle.recv())
+    let ev = tokio::time::timeout(Duration::from_secs(8), idle.recv())
         .await
         .expect("idle connection is closed after the timeout");
     assert_eq!(ev["event"], "pusher:error", "{ev}");

@@ -82,7 +82,7 @@ pub struct Conn {
     pub ping_sent: Option<u64>,
     /// Deadline (ms) to sign in or join a private channel, when the app asks for it.
     pub auth_deadline: Option<u64>,
-    /// Client-event rate window (second) and count in it.
+    /// Client-event rate window: when it opened (ms) and the events counted in it.
     pub rate: (u64, u32),
     /// Message token bucket: tokens left and when (ms) it was last refilled.
     pub tokens: (u32, u64),

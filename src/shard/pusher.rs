@@ -397,7 +397,7 @@ fn signin_success(user_data: &str) -> bytes::Bytes {
 }
 
 fn client_event(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_>) {
-    let now_s = shard.now_ms() / 1000;
+    let now = shard.now_ms();
     let Some(conn) = st.conns.get_mut(key) else {
         return;
     };
@@ -434,8 +434,10 @@ fn client_event(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage
             "Client events are only allowed on private and presence channels",
         );
     }
-    if conn.rate.0 != now_s {
-        conn.rate = (now_s, 0);
+    // A one-second window that opens with the first event after the previous one closed, so
+    // a burst is judged the same wherever the clock's second boundaries fall.
+    if now.saturating_sub(conn.rate.0) >= 1000 {
+        conn.rate = (now, 0);
     }
     conn.rate.1 += 1;
     if conn.rate.1 > cfg.client_event_rate {

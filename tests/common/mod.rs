@@ -545,14 +545,14 @@ pub fn id_str(v: &Value) -> String {
     }
 }
 
-/// Retries `f` every 50 ms for up to 3 s until `ok` holds; returns the last value.
+/// Retries `f` every 50 ms for up to 10 s until `ok` holds; returns the last value.
 pub async fn poll_until<T, Fut, F, P>(mut f: F, ok: P) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = T>,
     P: Fn(&T) -> bool,
 {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let v = f().await;
         if ok(&v) || Instant::now() >= deadline {

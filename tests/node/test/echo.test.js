@@ -59,8 +59,8 @@ describe('Laravel Echo', () => {
 
     const chA = echoA.join(room);
     const hereA = h.withTimeout(new Promise((r) => chA.here(r)), 5000, 'here (alice)');
-    const joined = h.withTimeout(new Promise((r) => chA.joining(r)), 5000, 'joining');
-    const left = h.withTimeout(new Promise((r) => chA.leaving(r)), 5000, 'leaving');
+    const joined = h.withTimeout(new Promise((r) => chA.joining(r)), 15000, 'joining');
+    const left = h.withTimeout(new Promise((r) => chA.leaving(r)), 15000, 'leaving');
     assert.deepEqual(await hereA, [{ name: 'Alice' }]);
 
     const chB = echoB.join(room);

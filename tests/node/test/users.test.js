@@ -165,7 +165,7 @@ describe('user authentication (pusher.signin) and user APIs', () => {
     assert.ok(!first.user_ids.includes(lateId), 'late user is not online yet');
 
     // late user comes online on two tabs (different shards): one online event
-    const lateOnline = h.once(w.user.watchlist, 'online', undefined, (e) => e.user_ids.includes(lateId));
+    const lateOnline = h.once(w.user.watchlist, 'online', 15000, (e) => e.user_ids.includes(lateId));
     const [l1, l2] = await srv.clientsOnDistinctShards(2, { user: { id: lateId } });
     await h.signin(l1);
     await lateOnline;
