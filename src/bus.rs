@@ -94,6 +94,8 @@ pub enum BusMsg {
         user: Arc<str>,
         /// Encoded frame.
         frame: Bytes,
+        /// A socket id that must not receive it (the trigger's `socket_id`).
+        except: Option<Arc<str>>,
     },
     /// Close every local connection signed in as a user (4009).
     Terminate {
@@ -307,6 +309,7 @@ mod tests {
             app: AppIdx(0),
             user: "u".into(),
             frame: Bytes::new(),
+            except: None,
         };
         assert!(bus.send(ShardId(0), publish()));
         assert!(bus.send(ShardId(0), publish()));

@@ -423,6 +423,23 @@ async fn presence_user_count_info_on_trigger() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["channels"]["presence-ui"], json!({"user_count":1}));
+
+    // A trigger to a presence and a public channel: delivered to both, user_count reported
+    // where it applies. Only a request where it applies to no channel is refused.
+    let mut p = server.connect().await;
+    p.subscribe("public-ui").await;
+    let body = json!({"name":"mixed","channels":["presence-ui","public-ui"],"data":"m",
+        "info":"user_count"});
+    let r = api.events(&body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"channels":{"presence-ui":{"user_count":1},"public-ui":{}}})
+    );
+    assert_eq!(p.expect_event("mixed").await["data"], json!("m"));
+    assert_eq!(a.wait_event("mixed").await["data"], json!("m"));
+    let body = json!({"name":"e","channel":"public-ui","data":"d","info":"user_count"});
+    assert_eq!(api.events(&body).await.status, 400);
 }
 
 #[tokio::test]

@@ -109,6 +109,20 @@ async fn http_trigger_to_server_to_user_reaches_every_socket_of_that_user() {
     for t in tabs.iter_mut() {
         t.assert_alive().await;
     }
+    // socket_id excludes that one tab (the sender's own), on whichever shard it is.
+    let sender = tabs[1].socket_id.clone();
+    let body = json!({"name":"dm","channel":"#server-to-user-55","data":"y","socket_id":sender});
+    assert_eq!(api.events(&body).await.status, 200);
+    for t in tabs.iter_mut() {
+        if t.socket_id == sender {
+            t.assert_alive().await;
+        } else {
+            assert_eq!(
+                t.recv().await,
+                channel_event("#server-to-user-55", "dm", "y")
+            );
+        }
+    }
 }
 
 #[tokio::test]

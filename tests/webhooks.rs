@@ -453,3 +453,32 @@ async fn a_dead_endpoint_does_not_starve_other_webhooks_of_slots() {
     assert_eq!(ev["channel"], "lively");
     check_signed(&hook, &good_app);
 }
+
+#[tokio::test]
+async fn subscription_count_hooks_follow_every_change_down_to_zero() {
+    let mut recv = Receiver::start(0).await;
+    let app = hooked_app(&recv.url(), "event_types = [\"subscription_count\"]")
+        .with("subscription_count", true);
+    let server = Server::start_with(Config::with_app(app));
+    let mut a = server.connect_on_shard(0).await;
+    let mut b = server.connect_on_shard(1).await;
+    a.subscribe("counted").await;
+    b.subscribe("counted").await;
+    a.unsubscribe("counted").await;
+    a.ping_sync().await;
+    b.unsubscribe("counted").await;
+    b.ping_sync().await;
+    // Requests are concurrent, so they may arrive in any order: compare as a multiset.
+    let mut counts = Vec::new();
+    while counts.len() < 4 {
+        let (_, ev) = recv
+            .wait_for(Duration::from_secs(8), |e| {
+                e["name"] == "subscription_count"
+            })
+            .await;
+        assert_eq!(ev["channel"], "counted", "{ev}");
+        counts.push(ev["subscription_count"].as_u64().expect("count"));
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, vec![0, 1, 1, 2]);
+}

@@ -345,12 +345,14 @@ fn validate_event(
                 "Cannot trigger to several channels when one is encrypted",
             ));
         }
-        if info.user_count && ty.kind != ChannelKind::Presence {
-            return Err(Response::error(
-                400,
-                "user_count is only available for presence channels",
-            ));
-        }
+    }
+    // user_count is reported per channel where it applies (presence); a request where it
+    // applies to no channel is malformed. A mixed trigger is delivered and answered per channel.
+    if info.user_count && !channels.iter().any(|c| is_presence(c)) {
+        return Err(Response::error(
+            400,
+            "user_count is only available for presence channels",
+        ));
     }
     let socket_id = match body.socket_id {
         Some(s) if is_socket_id(&s) => Some(Arc::from(s.as_str())),
@@ -377,6 +379,7 @@ fn publish(shard: &Shard, app: AppIdx, ev: &Event) -> bool {
                 app,
                 user: user.clone(),
                 frame: frame.clone(),
+                except: ev.socket_id.clone(),
             }) == 0;
             continue;
         }
@@ -398,13 +401,17 @@ fn publish(shard: &Shard, app: AppIdx, ev: &Event) -> bool {
 async fn info_json(shard: &Shard, app: AppIdx, channel: &str, info: Info) -> String {
     let f = facts(shard, app, channel).await;
     let mut parts = Vec::new();
-    if info.user_count {
+    if info.user_count && is_presence(channel) {
         parts.push(format!("\"user_count\":{}", f.users));
     }
     if info.subscription_count {
         parts.push(format!("\"subscription_count\":{}", f.subscriptions));
     }
     format!("{{{}}}", parts.join(","))
+}
+
+fn is_presence(channel: &str) -> bool {
+    channel.starts_with("presence-")
 }
 
 const OVERLOADED: &str = "Server overloaded: the event did not reach every shard";

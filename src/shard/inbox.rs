@@ -60,9 +60,19 @@ async fn yield_now() {
 fn handle(shard: &Shard, st: &mut State, msg: BusMsg) {
     match msg {
         BusMsg::Publish(p) => shard.deliver(st, &p),
-        BusMsg::ToUser { app, user, frame } => {
+        BusMsg::ToUser {
+            app,
+            user,
+            frame,
+            except,
+        } => {
             for key in user_conns(st, app, &user) {
-                shard.send_to(st, key, frame.clone());
+                let excluded = except
+                    .as_ref()
+                    .is_some_and(|x| st.conns.get(key).is_some_and(|c| c.socket_id == *x));
+                if !excluded {
+                    shard.send_to(st, key, frame.clone());
+                }
             }
         }
         BusMsg::Terminate { app, user } => {
@@ -262,7 +272,10 @@ fn count_changed(shard: &Shard, st: &mut State, app: AppIdx, channel: &Arc<str>,
     if !shard.shared.app(app).subscription_count || type_of(channel).kind == ChannelKind::Presence {
         return;
     }
-    if count > 0 && st.home.count_now(app, channel, count, shard.now_ms()) {
+    if count == 0 {
+        // Nobody is left to tell, but the webhook reports every change, the last one included.
+        shard.hook(app, channel, HookKind::SubscriptionCount { count: 0 });
+    } else if st.home.count_now(app, channel, count, shard.now_ms()) {
         publish_count(shard, app, channel, count);
     }
 }
