@@ -217,6 +217,9 @@ pub enum MemberError {
     /// `user_info` is bigger than allowed.
     #[error("user_info is bigger than {0} bytes")]
     InfoTooBig(usize),
+    /// A sign-in id with characters a `#server-to-user-` channel name cannot hold.
+    #[error("user id may only contain A-Z, a-z, 0-9 and _ - = @ , . ;")]
+    BadIdChars,
 }
 
 #[derive(Deserialize)]
@@ -298,7 +301,8 @@ pub struct UserData {
 }
 
 /// Reads sign-in `user_data` (`{"id":"..","user_info":..,"watchlist":[..]}`); `id` must be a
-/// non-empty string.
+/// non-empty string of the documented user-id characters (the client subscribes to
+/// `#server-to-user-{id}`, whose name must be valid).
 pub fn user_data(text: &str, max_id: usize, max_info: usize) -> Result<UserData, MemberError> {
     if !is_object(text) {
         return Err(MemberError::NotObject);
@@ -308,6 +312,10 @@ pub fn user_data(text: &str, max_id: usize, max_info: usize) -> Result<UserData,
         return Err(MemberError::BadId("id"));
     }
     let member = member_from(m.id.as_ref(), m.user_info.as_ref(), "id", max_id, max_info)?;
+    let valid = |c: char| c.is_ascii_alphanumeric() || "_-=@,.;".contains(c);
+    if !member.key.chars().all(valid) {
+        return Err(MemberError::BadIdChars);
+    }
     let mut watchlist = Vec::new();
     if let Some(w) = &m.watchlist {
         let ids: Vec<sonic_rs::Value> =
@@ -394,6 +402,11 @@ mod tests {
         assert_eq!(u.member.key, "7");
         assert_eq!(u.watchlist, vec!["1", "2", "3"]);
         assert!(user_data(r#"{"id":7}"#, 128, 1024).is_err());
+        assert_eq!(
+            user_data(r#"{"id":"a+b@x.com"}"#, 128, 1024).err(),
+            Some(MemberError::BadIdChars)
+        );
+        assert!(user_data(r#"{"id":"a_b-c=d@e,f.g;h"}"#, 128, 1024).is_ok());
         assert!(user_data(r#"{"id":""}"#, 128, 1024).is_err());
     }
 
