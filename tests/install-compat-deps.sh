@@ -8,6 +8,11 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 command -v node >/dev/null || { echo "install-compat-deps.sh: node not found (need Node 20)" >&2; exit 1; }
 command -v npm >/dev/null || { echo "install-compat-deps.sh: npm not found" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "install-compat-deps.sh: python3 not found" >&2; exit 1; }
+# compat.sh runs `node --test --test-concurrency=1`, which needs Node 20.10 or later.
+node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=10)?0:1)' || {
+  echo "install-compat-deps.sh: Node $(node --version) is too old; need 20.10 or later" >&2
+  exit 1
+}
 
 echo "== npm ci (tests/node) =="
 ( cd "$HERE/node" && npm ci --no-audit --no-fund --loglevel=error )

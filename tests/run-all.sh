@@ -27,7 +27,10 @@ step() {
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build" cargo build --workspace
-export RINGPUSH_BIN="$PWD/target/debug/ringpush"
+# The binary cargo just built, wherever the target directory is (CARGO_TARGET_DIR, config).
+target_dir="$(cargo metadata --format-version 1 --no-deps \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+export RINGPUSH_BIN="$target_dir/debug/ringpush"
 step "cargo test (io_uring)" cargo test --workspace
 step "cargo test (epoll)" env MONOIO_FORCE_LEGACY_DRIVER=1 cargo test --workspace --tests
 step "compat suites (io_uring)" bash tests/compat.sh

@@ -185,9 +185,14 @@ impl Stats {
 
     /// Counts one error of `kind`.
     pub fn error(&self, kind: impl Into<String>) {
+        self.errors_n(kind, 1);
+    }
+
+    /// Counts `n` errors of one kind at once.
+    pub fn errors_n(&self, kind: impl Into<String>, n: u64) {
         let kind = kind.into();
-        self.errors_total.fetch_add(1, Ordering::Relaxed);
-        self.with(|l| *l.errors.entry(kind).or_default() += 1);
+        self.errors_total.fetch_add(n, Ordering::Relaxed);
+        self.with(|l| *l.errors.entry(kind).or_default() += n);
     }
 
     /// Records a latency in microseconds.

@@ -221,7 +221,9 @@ fn bind_std(addr: SocketAddr) -> Result<std::net::TcpListener> {
     s.set_nonblocking(true)?;
     s.bind(&addr.into())
         .with_context(|| format!("binding {addr}"))?;
-    s.listen(4096)?;
+    // The kernel caps the backlog at net.core.somaxconn (4096 by default; the sysctl drop-in in
+    // systemd/ raises it), so ask for the most it may allow.
+    s.listen(65535)?;
     Ok(s.into())
 }
 

@@ -405,14 +405,17 @@ impl Server {
         }
     }
 
-    /// Sends a signal by name (e.g. "TERM", "INT") to the process.
+    /// Sends a signal by name ("TERM", "INT", "KILL") to the process.
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{sig} failed");
+        let signo = match sig {
+            "TERM" => libc::SIGTERM,
+            "INT" => libc::SIGINT,
+            "KILL" => libc::SIGKILL,
+            other => panic!("unsupported signal {other}"),
+        };
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signo) };
+        assert_eq!(rc, 0, "kill -{sig} failed");
     }
 
     /// Waits for the process to exit; None if it is still running after `limit`.
@@ -456,10 +459,8 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if self.is_running() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(self.child.id().to_string())
-                .status();
+            // SAFETY: kill(2) on our own child's pid; no memory is involved.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(8);
             loop {
                 match self.child.try_wait() {
