@@ -10,6 +10,43 @@ use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// A subscriber of `ch` with a tiny receive window that will never read.
+async fn stalled_subscriber(server: &Server, ch: &str) -> WebSocketStream<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = sock.connect(server.addr).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::client_async(server.ws_url("app-key"), tcp)
+        .await
+        .expect("handshake");
+    let _established = ws.next().await;
+    let sub = json!({"event":"pusher:subscribe","data":{"channel":ch}}).to_string();
+    futures_util::SinkExt::send(&mut ws, Message::text(sub))
+        .await
+        .expect("subscribe");
+    let _succeeded = ws.next().await;
+    ws
+}
+
+/// Publishes `batches` x 10 events of 9000 bytes to `ch` (named `{prefix}{n}`), checking that
+/// the reading client `fast` gets each one, in order, as they go.
+async fn flood(api: &Api, fast: &mut Client, ch: &str, batches: usize, prefix: &str) {
+    let data = "x".repeat(9000);
+    for i in 0..batches {
+        let batch: Vec<Value> = (0..10)
+            .map(
+                |j| json!({"name": format!("{prefix}{}", i * 10 + j), "channel": ch, "data": data}),
+            )
+            .collect();
+        let r = api.post("/batch_events", &json!({ "batch": batch })).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        for j in 0..10 {
+            let ev = fast.expect_event(&format!("{prefix}{}", i * 10 + j)).await;
+            assert_eq!(ev["channel"], json!(ch));
+        }
+    }
+}
 
 #[tokio::test]
 async fn slow_consumer_is_closed_with_4100_and_others_unharmed() {
@@ -17,40 +54,15 @@ async fn slow_consumer_is_closed_with_4100_and_others_unharmed() {
     let server = Server::start_with(config);
     let ch = uniq("firehose");
 
-    // The slow client: a tiny receive window, then it never reads.
-    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-    sock.set_recv_buffer_size(4096).expect("rcvbuf");
-    let tcp = sock.connect(server.addr).await.expect("connect");
-    let (mut slow, _) = tokio_tungstenite::client_async(server.ws_url("app-key"), tcp)
-        .await
-        .expect("handshake");
-    let _established = slow.next().await;
-    let sub = json!({"event":"pusher:subscribe","data":{"channel":ch}}).to_string();
-    futures_util::SinkExt::send(&mut slow, Message::text(sub))
-        .await
-        .expect("subscribe");
-    let _succeeded = slow.next().await;
+    let mut slow = stalled_subscriber(&server, &ch).await;
 
     let mut fast = server.connect().await;
     fast.subscribe(&ch).await;
 
-    let api = server.api();
-    let data = "x".repeat(9000);
     // ~5.4 MB in all: more than the 64 KiB budget plus what the kernel buffers for a socket
     // (tcp_wmem allows the send buffer to grow to 4 MiB).
     let total = 600;
-    for i in 0..total / 10 {
-        let batch: Vec<Value> = (0..10)
-            .map(|j| json!({"name": format!("e{}", i * 10 + j), "channel": ch, "data": data}))
-            .collect();
-        let r = api.post("/batch_events", &json!({ "batch": batch })).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        // The reading client drains as we go, in order.
-        for j in 0..10 {
-            let ev = fast.expect_event(&format!("e{}", i * 10 + j)).await;
-            assert_eq!(ev["channel"], json!(ch));
-        }
-    }
+    flood(&server.api(), &mut fast, &ch, total / 10, "e").await;
 
     // Now read the slow client: what fit in the kernel buffers, then 4100.
     let mut saw_error = false;
@@ -107,43 +119,18 @@ async fn half_closed_stalled_reader_releases_its_socket() {
     let baseline = server.open_fds();
     let mut stalled = Vec::new();
     for _ in 0..4 {
-        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-        sock.set_recv_buffer_size(4096).expect("rcvbuf");
-        let tcp = sock.connect(server.addr).await.expect("connect");
-        let (mut ws, _) = tokio_tungstenite::client_async(server.ws_url("app-key"), tcp)
-            .await
-            .expect("handshake");
-        let _established = ws.next().await;
-        let sub = json!({"event":"pusher:subscribe","data":{"channel":ch}}).to_string();
-        futures_util::SinkExt::send(&mut ws, Message::text(sub))
-            .await
-            .expect("subscribe");
-        let _succeeded = ws.next().await;
-        stalled.push(ws);
+        stalled.push(stalled_subscriber(&server, &ch).await);
     }
     assert!(server.open_fds() >= baseline + 4);
     // ~8 MB each: more than the kernel buffers of a reader that never reads (the send buffer
     // may grow to 4 MiB), less than max_outbound_bytes (16 MiB), so the server keeps the rest
     // queued and waits for writability.
-    let api = server.api();
-    let data = "x".repeat(9000);
-    for i in 0..90 {
-        let batch: Vec<Value> = (0..10)
-            .map(|j| json!({"name": format!("s{}", i * 10 + j), "channel": ch, "data": data}))
-            .collect();
-        let r = api.post("/batch_events", &json!({ "batch": batch })).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        for j in 0..10 {
-            fast.expect_event(&format!("s{}", i * 10 + j)).await;
-        }
-    }
+    flood(&server.api(), &mut fast, &ch, 90, "s").await;
     // Half-close each stalled client (FIN, but keep the socket and never read).
-    let mut raw = Vec::new();
-    for ws in stalled {
+    for ws in &stalled {
         let fd = std::os::fd::AsRawFd::as_raw_fd(ws.get_ref());
-        // SAFETY: fd is a live socket owned by `ws`, which `raw` keeps alive below.
+        // SAFETY: fd is a live socket owned by `ws`, which `stalled` keeps alive below.
         unsafe { libc::shutdown(fd, libc::SHUT_WR) };
-        raw.push(ws);
     }
     let fds = poll_until(|| async { server.open_fds() }, |n| *n <= baseline).await;
     assert!(
@@ -151,5 +138,5 @@ async fn half_closed_stalled_reader_releases_its_socket() {
         "sockets of half-closed stalled readers stay open: {fds} fds, {baseline} before"
     );
     fast.assert_alive().await;
-    drop(raw);
+    drop(stalled);
 }

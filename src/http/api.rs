@@ -410,8 +410,8 @@ async fn info_json(shard: &Shard, app: AppIdx, channel: &str, info: Info) -> Str
     format!("{{{}}}", parts.join(","))
 }
 
-fn is_presence(channel: &str) -> bool {
-    channel.starts_with("presence-")
+fn is_presence(name: &str) -> bool {
+    channel::type_of(name).kind == ChannelKind::Presence
 }
 
 const OVERLOADED: &str = "Server overloaded: the event did not reach every shard";

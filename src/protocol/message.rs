@@ -312,8 +312,7 @@ pub fn user_data(text: &str, max_id: usize, max_info: usize) -> Result<UserData,
         return Err(MemberError::BadId("id"));
     }
     let member = member_from(m.id.as_ref(), m.user_info.as_ref(), "id", max_id, max_info)?;
-    let valid = |c: char| c.is_ascii_alphanumeric() || "_-=@,.;".contains(c);
-    if !member.key.chars().all(valid) {
+    if !member.key.bytes().all(super::channel::is_name_byte) {
         return Err(MemberError::BadIdChars);
     }
     let mut watchlist = Vec::new();
