@@ -18,7 +18,7 @@ use crate::bus::{BusMsg, ChannelFacts, Publication, Query};
 use crate::ids::{home_of, AppIdx, ShardId};
 use crate::metrics::{self, Series};
 use crate::protocol::channel::{self, ChannelKind, SERVER_TO_USER_PREFIX};
-use crate::protocol::encode;
+use crate::protocol::{encode, json};
 use crate::shard::Shard;
 
 /// Most channels in one trigger.
@@ -420,7 +420,7 @@ async fn trigger(shard: &Rc<Shard>, app: AppIdx, body: &[u8]) -> Response {
     if !body.trim_ascii_start().starts_with(b"{") {
         return Response::error(400, "Body must be a JSON object");
     }
-    let parsed: EventBody<'_> = match sonic_rs::from_slice(body) {
+    let parsed: EventBody<'_> = match json::from_slice(body) {
         Ok(b) => b,
         Err(e) => return Response::error(400, &format!("Invalid JSON body: {e}")),
     };
@@ -458,7 +458,7 @@ async fn batch(shard: &Rc<Shard>, app: AppIdx, body: &[u8]) -> Response {
     if !body.trim_ascii_start().starts_with(b"{") {
         return Response::error(400, "Body must be a JSON object");
     }
-    let parsed: BatchBody<'_> = match sonic_rs::from_slice(body) {
+    let parsed: BatchBody<'_> = match json::from_slice(body) {
         Ok(b) => b,
         Err(e) => return Response::error(400, &format!("Invalid JSON body: {e}")),
     };

@@ -5,6 +5,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use sonic_rs::{JsonValueTrait, LazyValue};
 
+use super::json;
+
 /// Why a client message could not be understood; answered with `pusher:error`, connection kept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MessageError {
@@ -48,7 +50,7 @@ pub fn parse(text: &str) -> Result<ClientMessage<'_>, MessageError> {
         return Err(MessageError::Malformed("expected a JSON object".into()));
     }
     let env: Envelope<'_> =
-        sonic_rs::from_str(text).map_err(|e| MessageError::Malformed(short(&e.to_string())))?;
+        json::from_str(text).map_err(|e| MessageError::Malformed(e.to_string()))?;
     Ok(ClientMessage {
         event: env.event,
         channel: env.channel,
@@ -61,18 +63,14 @@ fn is_object(text: &str) -> bool {
     text.trim_start().starts_with('{')
 }
 
-fn short(s: &str) -> String {
-    s.chars().take(120).collect()
-}
-
 /// `data` as an object's JSON text: pusher-js sends an object, other clients a JSON-encoded
 /// string holding one. Both are accepted.
 fn object_text<'a>(raw: &'a str, event: &'static str) -> Result<Cow<'a, str>, MessageError> {
     let t = raw.trim_start();
     if t.starts_with('"') {
-        let inner: String = sonic_rs::from_str(t).map_err(|e| MessageError::BadData {
+        let inner: String = json::from_str(t).map_err(|e| MessageError::BadData {
             event,
-            detail: short(&e.to_string()),
+            detail: e.to_string(),
         })?;
         Ok(Cow::Owned(inner))
     } else {
@@ -123,7 +121,7 @@ pub fn subscribe(data: Option<&str>) -> Result<Subscribe, MessageError> {
     if !is_object(&text) {
         return Err(bad("data must be an object"));
     }
-    let s: SubscribeRaw<'_> = sonic_rs::from_str(&text).map_err(|e| bad(&short(&e.to_string())))?;
+    let s: SubscribeRaw<'_> = json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
     let channel = s
         .channel
         .as_ref()
@@ -177,7 +175,7 @@ pub fn signin(data: Option<&str>) -> Result<Signin, MessageError> {
     if !is_object(&text) {
         return Err(bad("data must be an object"));
     }
-    let s: SigninRaw<'_> = sonic_rs::from_str(&text).map_err(|e| bad(&short(&e.to_string())))?;
+    let s: SigninRaw<'_> = json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
     let auth = s
         .auth
         .as_ref()
@@ -220,6 +218,18 @@ pub enum MemberError {
     /// A sign-in id with characters a `#server-to-user-` channel name cannot hold.
     #[error("user id may only contain A-Z, a-z, 0-9 and _ - = @ , . ;")]
     BadIdChars,
+    /// Nested deeper than [`json::MAX_DEPTH`].
+    #[error("{0}")]
+    TooDeep(json::JsonError),
+}
+
+impl From<json::JsonError> for MemberError {
+    fn from(e: json::JsonError) -> Self {
+        match e {
+            json::JsonError::TooDeep => MemberError::TooDeep(e),
+            json::JsonError::Invalid(_) => MemberError::NotObject,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -243,7 +253,7 @@ pub fn presence_member(
     if !is_object(channel_data) {
         return Err(MemberError::NotObject);
     }
-    let m: MemberRaw<'_> = sonic_rs::from_str(channel_data).map_err(|_| MemberError::NotObject)?;
+    let m: MemberRaw<'_> = json::from_str(channel_data).map_err(MemberError::from)?;
     member_from(
         m.user_id.as_ref(),
         m.user_info.as_ref(),
@@ -307,7 +317,7 @@ pub fn user_data(text: &str, max_id: usize, max_info: usize) -> Result<UserData,
     if !is_object(text) {
         return Err(MemberError::NotObject);
     }
-    let m: MemberRaw<'_> = sonic_rs::from_str(text).map_err(|_| MemberError::NotObject)?;
+    let m: MemberRaw<'_> = json::from_str(text).map_err(MemberError::from)?;
     if !m.id.as_ref().is_some_and(|v| v.is_str()) {
         return Err(MemberError::BadId("id"));
     }
@@ -318,7 +328,7 @@ pub fn user_data(text: &str, max_id: usize, max_info: usize) -> Result<UserData,
     let mut watchlist = Vec::new();
     if let Some(w) = &m.watchlist {
         let ids: Vec<sonic_rs::Value> =
-            sonic_rs::from_str(w.as_raw_str()).map_err(|_| MemberError::BadId("watchlist"))?;
+            json::from_str(w.as_raw_str()).map_err(|_| MemberError::BadId("watchlist"))?;
         // Each id once, in the order given: a repeated id would double every notice.
         let mut seen = std::collections::HashSet::new();
         for v in ids {

@@ -3,4 +3,5 @@
 pub mod channel;
 pub mod codes;
 pub mod encode;
+pub mod json;
 pub mod message;

@@ -102,6 +102,12 @@ impl Shard {
     }
 }
 
+/// Stack reserved for each shard thread. JSON parsing recurses once per nesting level, up to
+/// `protocol::json::MAX_DEPTH` levels; an optimised build needs a few hundred bytes a level, an
+/// unoptimised one (the test suite's) tens of kilobytes. 8 MiB covers both with room to spare;
+/// it is address space, and only the pages a shard touches become resident.
+const SHARD_STACK: usize = 8 << 20;
+
 /// A running server: the bound address and the shard threads.
 pub struct Server {
     /// The address every shard listens on.
@@ -163,6 +169,7 @@ impl Server {
             let ready = ready_tx.clone();
             let t = std::thread::Builder::new()
                 .name(format!("shard-{i}"))
+                .stack_size(SHARD_STACK)
                 .spawn(move || {
                     if let Some(c) = core {
                         core_affinity::set_for_current(c);
