@@ -11,6 +11,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use futures_channel::oneshot;
 
+use crate::channels::home::{ChannelFacts, Delta, Origin};
 use crate::ids::{AppIdx, ConnRef, ShardId};
 use crate::protocol::message::Member;
 
@@ -31,15 +32,6 @@ pub struct Publication {
     /// lost `member_removed` would leave a ghost in every client's member list. Their number is
     /// bounded by subscribe/unsubscribe traffic, which the per-connection message budget limits.
     pub essential: bool,
-}
-
-/// Aggregated facts about one channel, answered by its home shard.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ChannelFacts {
-    /// Connections subscribed, across shards.
-    pub subscriptions: usize,
-    /// Distinct presence users.
-    pub users: usize,
 }
 
 /// A question for a shard, answered on a oneshot channel.
@@ -104,29 +96,14 @@ pub enum BusMsg {
         /// User id.
         user: Arc<str>,
     },
-    /// To the home shard: a non-presence subscription count changed by `delta`.
-    SubDelta {
-        /// App.
-        app: AppIdx,
-        /// Channel.
-        channel: Arc<str>,
-        /// +1 or -1.
-        delta: i32,
+    /// To a fact's home: a change from one origin.
+    Home {
+        /// Where the change comes from.
+        from: Origin,
+        /// The change.
+        delta: Delta,
     },
-    /// To the home shard: a connection wants to join a presence channel.
-    PresenceJoin {
-        /// App.
-        app: AppIdx,
-        /// Channel.
-        channel: Arc<str>,
-        /// Who joins.
-        member: Arc<Member>,
-        /// The joining connection, for the answer.
-        from: ConnRef,
-        /// Its socket id, excluded from `member_added`.
-        socket_id: Arc<str>,
-    },
-    /// From the home shard: the answer to `PresenceJoin`.
+    /// From the home shard: the answer to a presence join.
     PresenceJoined {
         /// The joining connection on the receiving shard.
         conn: ConnRef,
@@ -138,35 +115,6 @@ pub enum BusMsg {
         member: Arc<Member>,
         /// The `subscription_succeeded` frame, or the refusal message.
         result: Result<Bytes, String>,
-    },
-    /// To the home shard: a connection left a presence channel.
-    PresenceLeave {
-        /// App.
-        app: AppIdx,
-        /// Channel.
-        channel: Arc<str>,
-        /// The member's id key.
-        user_key: Arc<str>,
-    },
-    /// To the user's home shard: signed-in connections of a user changed by `delta`.
-    UserPresence {
-        /// App.
-        app: AppIdx,
-        /// User id.
-        user: Arc<str>,
-        /// +1 or -1.
-        delta: i32,
-    },
-    /// To the watched users' home shard: start or stop watching them.
-    Watch {
-        /// App.
-        app: AppIdx,
-        /// Watched user ids homed on the receiving shard.
-        users: Vec<Arc<str>>,
-        /// The watching connection.
-        watcher: ConnRef,
-        /// Start (true) or stop watching.
-        add: bool,
     },
     /// To a watcher's shard: a `pusher_internal:watchlist_events` frame for one connection.
     WatchNotice {

@@ -5,7 +5,7 @@
 pub struct AppIdx(pub u16);
 
 /// Index of a shard (one per worker thread).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ShardId(pub u16);
 
 /// A connection slot on a shard: index plus generation, so stale references are detected.

@@ -1,24 +1,222 @@
-//! Home-shard facts: per channel the subscription count and presence members, per user the
-//! number of signed-in connections and who watches them. Each fact has exactly one home shard,
-//! which receives deltas over the bus; this module holds the state and decides transitions.
-//! No IO: the shard turns the returned outcomes into bus messages and frames.
+//! Home facts as a pure state machine: per channel the subscription count and presence members,
+//! per user the signed-in connections and who watches them.
+//!
+//! Each fact has exactly one home (a shard, chosen by `ids::home_of`); other shards send it
+//! [`Delta`]s. [`Home::apply`] is a function of (state, origin, delta, `now`) that returns
+//! [`Effect`]s (frames to publish or to send to one connection, webhook events, answers); it does
+//! no IO and reads no clock, so the simulation in `channels::sim` can run it thousands of times
+//! per second. The shard turns effects into bus messages and webhook calls.
+//!
+//! Every count is a sum of per-[`Origin`] contributions, so one origin's whole share can be
+//! dropped at once ([`Home::drop_origin`]) with the events that follow from it: the basis for
+//! removing a dead node's members in a cluster.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::bus::ChannelFacts;
-use crate::ids::{AppIdx, ConnRef};
+use bytes::Bytes;
+
+use crate::ids::{AppIdx, ConnRef, ShardId};
+use crate::protocol::channel::{type_of, ChannelKind};
 use crate::protocol::encode;
 use crate::protocol::message::Member;
+use crate::webhooks::HookKind;
 
 /// Subscription counts above this are announced at most every [`COUNT_INTERVAL_MS`].
 pub const COUNT_THROTTLE_ABOVE: usize = 100;
 /// Minimum spacing of `subscription_count` events on busy channels.
 pub const COUNT_INTERVAL_MS: u64 = 5_000;
 
+/// Where a contribution to a fact comes from: the shard whose connection it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Origin {
+    /// A shard of this process.
+    Shard(ShardId),
+}
+
+impl Origin {
+    /// The origin of a connection's contributions.
+    pub fn of(conn: ConnRef) -> Origin {
+        Origin::Shard(conn.shard)
+    }
+}
+
+/// Aggregated facts about one channel.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelFacts {
+    /// Connections subscribed, across origins.
+    pub subscriptions: usize,
+    /// Distinct presence users.
+    pub users: usize,
+}
+
+/// The per-app settings the home logic needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppRules {
+    /// Most distinct users in one presence channel.
+    pub max_presence_members: usize,
+    /// Whether `subscription_count` events are published.
+    pub subscription_count: bool,
+}
+
+/// A change reported to a fact's home.
+#[derive(Debug, Clone)]
+pub enum Delta {
+    /// A non-presence subscription started.
+    Subscribed {
+        /// App.
+        app: AppIdx,
+        /// Channel.
+        channel: Arc<str>,
+    },
+    /// A non-presence subscription ended.
+    Unsubscribed {
+        /// App.
+        app: AppIdx,
+        /// Channel.
+        channel: Arc<str>,
+    },
+    /// A connection asks to join a presence channel; answered with [`Effect::JoinAnswer`].
+    Join {
+        /// App.
+        app: AppIdx,
+        /// Channel.
+        channel: Arc<str>,
+        /// Who joins.
+        member: Arc<Member>,
+        /// The joining connection.
+        conn: ConnRef,
+        /// Its socket id, excluded from `member_added`.
+        socket_id: Arc<str>,
+    },
+    /// A joined presence connection left (or a join is undone).
+    Leave {
+        /// App.
+        app: AppIdx,
+        /// Channel.
+        channel: Arc<str>,
+        /// The member's id key.
+        user_key: Arc<str>,
+    },
+    /// A connection signed in as `user`.
+    SignedIn {
+        /// App.
+        app: AppIdx,
+        /// User id.
+        user: Arc<str>,
+    },
+    /// A signed-in connection of `user` left.
+    SignedOut {
+        /// App.
+        app: AppIdx,
+        /// User id.
+        user: Arc<str>,
+    },
+    /// A connection starts or stops watching users homed here.
+    Watch {
+        /// App.
+        app: AppIdx,
+        /// Watched user ids.
+        users: Vec<Arc<str>>,
+        /// The watching connection.
+        watcher: ConnRef,
+        /// Start (true) or stop watching.
+        add: bool,
+    },
+}
+
+/// What the home decided; the shard carries it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Publish a frame to a channel's subscribers everywhere. These are presence member and
+    /// subscription-count notices: essential, never dropped by a full inbox.
+    Publish {
+        /// App.
+        app: AppIdx,
+        /// Channel.
+        channel: Arc<str>,
+        /// The encoded frame.
+        frame: Bytes,
+        /// A socket id that must not receive it.
+        except: Option<Arc<str>>,
+    },
+    /// The answer to a [`Delta::Join`], for the joining connection.
+    JoinAnswer {
+        /// The joining connection.
+        to: ConnRef,
+        /// App.
+        app: AppIdx,
+        /// Channel.
+        channel: Arc<str>,
+        /// The member that joined (to undo the join if the connection is gone).
+        member: Arc<Member>,
+        /// The `subscription_succeeded` frame, or the refusal message.
+        result: Result<Bytes, String>,
+    },
+    /// A frame for one connection (watchlist notices).
+    Notice {
+        /// The connection.
+        to: ConnRef,
+        /// The frame.
+        frame: Bytes,
+    },
+    /// A webhook event.
+    Hook {
+        /// App.
+        app: AppIdx,
+        /// Channel.
+        channel: Arc<str>,
+        /// What happened.
+        kind: HookKind,
+    },
+}
+
+/// A count made of per-origin contributions. Origins are few (shards, later nodes), so a short
+/// list beats a map.
+#[derive(Debug, Default, Clone)]
+struct Tally(Vec<(Origin, u32)>);
+
+impl Tally {
+    fn total(&self) -> usize {
+        self.0.iter().map(|(_, n)| *n as usize).sum()
+    }
+
+    fn add(&mut self, origin: Origin) {
+        match self.0.iter_mut().find(|(o, _)| *o == origin) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((origin, 1)),
+        }
+    }
+
+    /// Takes one away from `origin`; false when it had none (a stray or repeated leave).
+    fn remove(&mut self, origin: Origin) -> bool {
+        let Some(pos) = self.0.iter().position(|(o, _)| *o == origin) else {
+            return false;
+        };
+        self.0[pos].1 -= 1;
+        if self.0[pos].1 == 0 {
+            self.0.swap_remove(pos);
+        }
+        true
+    }
+
+    /// Drops `origin`'s whole contribution; returns how much it was.
+    fn take(&mut self, origin: Origin) -> u32 {
+        match self.0.iter().position(|(o, _)| *o == origin) {
+            Some(pos) => self.0.swap_remove(pos).1,
+            None => 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Channel {
-    subs: usize,
+    /// Subscribed connections (presence ones included).
+    subs: Tally,
     members: HashMap<Arc<str>, HomeMember>,
     /// Member keys in join order, so `ids` are stable.
     order: Vec<Arc<str>>,
@@ -30,131 +228,363 @@ struct Channel {
 struct HomeMember {
     raw_id: String,
     info: Option<String>,
-    conns: u32,
+    conns: Tally,
 }
 
 #[derive(Debug, Default)]
 struct User {
-    conns: u32,
+    conns: Tally,
     watchers: Vec<ConnRef>,
 }
 
-/// What a presence join did.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Joined {
-    /// The user's first connection in the channel: announce `member_added`.
-    pub first: bool,
-    /// The channel went from empty to occupied.
-    pub occupied: bool,
-    /// The `{"presence":{...}}` JSON for `subscription_succeeded`.
-    pub presence_json: String,
-}
-
-/// What a presence leave did.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Left {
-    /// The user's raw id, when this was their last connection: announce `member_removed`.
-    pub removed: Option<String>,
-    /// The channel became empty.
-    pub vacated: bool,
-}
-
-/// A user went online or offline.
-#[derive(Debug, PartialEq, Eq)]
-pub struct UserChange {
-    /// Online (first connection) or offline (last one gone).
-    pub online: bool,
-    /// Connections watching the user.
-    pub watchers: Vec<ConnRef>,
-}
-
-/// All facts homed on one shard.
+/// All facts homed in one place.
 #[derive(Debug, Default)]
 pub struct Home {
+    rules: Vec<AppRules>,
     channels: HashMap<(AppIdx, Arc<str>), Channel>,
     users: HashMap<(AppIdx, Arc<str>), User>,
 }
 
 impl Home {
-    /// Applies a non-presence subscription delta; returns the counts before and after.
-    pub fn sub_delta(&mut self, app: AppIdx, channel: &Arc<str>, delta: i32) -> (usize, usize) {
-        let ch = self.channels.entry((app, channel.clone())).or_default();
-        let before = ch.subs;
-        ch.subs = if delta >= 0 {
-            ch.subs + delta as usize
-        } else {
-            ch.subs.saturating_sub(delta.unsigned_abs() as usize)
-        };
-        let after = ch.subs;
-        self.forget_if_empty(app, channel);
-        (before, after)
+    /// An empty home for apps with these rules (indexed by `AppIdx`).
+    pub fn new(rules: Vec<AppRules>) -> Home {
+        Home {
+            rules,
+            ..Home::default()
+        }
     }
 
-    /// Adds a presence connection; refuses a new user beyond `max_members`.
-    pub fn join(
+    fn rules(&self, app: AppIdx) -> AppRules {
+        self.rules.get(app.0 as usize).copied().unwrap_or(AppRules {
+            max_presence_members: 100,
+            subscription_count: false,
+        })
+    }
+
+    /// Applies one delta from `origin` at time `now` (ms), appending what must happen to `out`.
+    pub fn apply(&mut self, origin: Origin, delta: Delta, now: u64, out: &mut Vec<Effect>) {
+        match delta {
+            Delta::Subscribed { app, channel } => {
+                let ch = self.channels.entry((app, channel.clone())).or_default();
+                ch.subs.add(origin);
+                let after = ch.subs.total();
+                if after == 1 {
+                    out.push(hook(app, &channel, HookKind::ChannelOccupied));
+                }
+                self.count_changed(app, &channel, after, now, out);
+            }
+            Delta::Unsubscribed { app, channel } => {
+                let Some(ch) = self.channels.get_mut(&(app, channel.clone())) else {
+                    return;
+                };
+                if !ch.subs.remove(origin) {
+                    return;
+                }
+                let after = ch.subs.total();
+                if after == 0 {
+                    out.push(hook(app, &channel, HookKind::ChannelVacated));
+                }
+                self.count_changed(app, &channel, after, now, out);
+                self.forget_if_empty(app, &channel);
+            }
+            Delta::Join {
+                app,
+                channel,
+                member,
+                conn,
+                socket_id,
+            } => self.join(origin, app, channel, member, conn, socket_id, out),
+            Delta::Leave {
+                app,
+                channel,
+                user_key,
+            } => self.leave(origin, app, &channel, &user_key, out),
+            Delta::SignedIn { app, user } => {
+                let u = self.users.entry((app, user.clone())).or_default();
+                u.conns.add(origin);
+                if u.conns.total() == 1 {
+                    notify_watchers(&u.watchers, &user, true, out);
+                }
+            }
+            Delta::SignedOut { app, user } => {
+                let k = (app, user.clone());
+                let Some(u) = self.users.get_mut(&k) else {
+                    return;
+                };
+                if u.conns.remove(origin) && u.conns.is_empty() {
+                    notify_watchers(&u.watchers, &user, false, out);
+                }
+                self.forget_user_if_empty(&k);
+            }
+            Delta::Watch {
+                app,
+                users,
+                watcher,
+                add,
+            } => self.watch(app, &users, watcher, add, out),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn join(
         &mut self,
+        origin: Origin,
         app: AppIdx,
-        channel: &Arc<str>,
-        m: &Member,
-        max_members: usize,
-    ) -> Result<Joined, String> {
+        channel: Arc<str>,
+        member: Arc<Member>,
+        conn: ConnRef,
+        socket_id: Arc<str>,
+        out: &mut Vec<Effect>,
+    ) {
+        let max = self.rules(app).max_presence_members;
         let ch = self.channels.entry((app, channel.clone())).or_default();
-        let first = match ch.members.get_mut(m.key.as_str()) {
+        let full = ch.members.len() >= max;
+        let first = match ch.members.get_mut(member.key.as_str()) {
             Some(existing) => {
-                existing.conns += 1;
+                existing.conns.add(origin);
                 false
             }
+            None if full => {
+                let msg = format!("Presence channel {channel} is full ({max} members)");
+                out.push(Effect::JoinAnswer {
+                    to: conn,
+                    app,
+                    channel: channel.clone(),
+                    member,
+                    result: Err(msg),
+                });
+                self.forget_if_empty(app, &channel);
+                return;
+            }
             None => {
-                if ch.members.len() >= max_members {
-                    let empty = ch.subs == 0 && ch.members.is_empty();
-                    if empty {
-                        self.channels.remove(&(app, channel.clone()));
-                    }
-                    return Err(format!(
-                        "Presence channel {channel} is full ({max_members} members)"
-                    ));
-                }
-                let key: Arc<str> = m.key.as_str().into();
+                let key: Arc<str> = member.key.as_str().into();
+                let mut conns = Tally::default();
+                conns.add(origin);
                 ch.members.insert(
                     key.clone(),
                     HomeMember {
-                        raw_id: m.raw_id.clone(),
-                        info: m.info.clone(),
-                        conns: 1,
+                        raw_id: member.raw_id.clone(),
+                        info: member.info.clone(),
+                        conns,
                     },
                 );
                 ch.order.push(key);
                 true
             }
         };
-        ch.subs += 1;
-        Ok(Joined {
-            first,
-            occupied: ch.subs == 1,
-            presence_json: presence_json(ch),
-        })
+        ch.subs.add(origin);
+        let occupied = ch.subs.total() == 1;
+        let frame = encode::event_with_string_data(
+            "pusher_internal:subscription_succeeded",
+            Some(&channel),
+            &presence_json(ch),
+        );
+        out.push(Effect::JoinAnswer {
+            to: conn,
+            app,
+            channel: channel.clone(),
+            member: member.clone(),
+            result: Ok(frame),
+        });
+        if occupied {
+            out.push(hook(app, &channel, HookKind::ChannelOccupied));
+        }
+        if first {
+            let user_id = member.key.clone();
+            out.push(hook(app, &channel, HookKind::MemberAdded { user_id }));
+            let data = encode::member_json(&member.raw_id, member.info.as_deref());
+            out.push(member_event(
+                app,
+                channel,
+                "pusher_internal:member_added",
+                &data,
+                Some(socket_id),
+            ));
+        }
     }
 
-    /// Removes one presence connection of `user_key`.
-    pub fn leave(&mut self, app: AppIdx, channel: &Arc<str>, user_key: &str) -> Left {
+    fn leave(
+        &mut self,
+        origin: Origin,
+        app: AppIdx,
+        channel: &Arc<str>,
+        user_key: &str,
+        out: &mut Vec<Effect>,
+    ) {
         let Some(ch) = self.channels.get_mut(&(app, channel.clone())) else {
-            return Left {
-                removed: None,
-                vacated: false,
-            };
+            return;
         };
-        let mut removed = None;
-        if let Some(m) = ch.members.get_mut(user_key) {
-            m.conns -= 1;
-            if m.conns == 0 {
-                removed = ch.members.remove(user_key).map(|m| m.raw_id);
-                ch.order.retain(|k| &**k != user_key);
+        let Some(m) = ch.members.get_mut(user_key) else {
+            return;
+        };
+        if !m.conns.remove(origin) {
+            return;
+        }
+        ch.subs.remove(origin);
+        let removed = if m.conns.is_empty() {
+            let raw_id = ch.members.remove(user_key).map(|m| m.raw_id);
+            ch.order.retain(|k| &**k != user_key);
+            raw_id
+        } else {
+            None
+        };
+        let vacated = ch.subs.is_empty();
+        if let Some(raw_id) = removed {
+            let user_id = user_key.to_string();
+            out.push(hook(app, channel, HookKind::MemberRemoved { user_id }));
+            if vacated {
+                out.push(hook(app, channel, HookKind::ChannelVacated));
+            }
+            let data = encode::member_json(&raw_id, None);
+            out.push(member_event(
+                app,
+                channel.clone(),
+                "pusher_internal:member_removed",
+                &data,
+                None,
+            ));
+        } else if vacated {
+            out.push(hook(app, channel, HookKind::ChannelVacated));
+        }
+        self.forget_if_empty(app, channel);
+    }
+
+    fn watch(
+        &mut self,
+        app: AppIdx,
+        users: &[Arc<str>],
+        watcher: ConnRef,
+        add: bool,
+        out: &mut Vec<Effect>,
+    ) {
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for id in users {
+            let k = (app, id.clone());
+            if add {
+                let u = self.users.entry(k).or_default();
+                u.watchers.push(watcher);
+                if u.conns.is_empty() {
+                    off.push(id.clone());
+                } else {
+                    on.push(id.clone());
+                }
+            } else if let Some(u) = self.users.get_mut(&k) {
+                u.watchers.retain(|w| *w != watcher);
+                self.forget_user_if_empty(&k);
             }
         }
-        ch.subs = ch.subs.saturating_sub(1);
-        let vacated = ch.subs == 0;
-        self.forget_if_empty(app, channel);
-        Left { removed, vacated }
+        if add {
+            out.push(Effect::Notice {
+                to: watcher,
+                frame: watchlist_frame(&on, &off),
+            });
+        }
+    }
+
+    /// Drops every contribution of `origin` (its connections are gone) and emits what follows:
+    /// `member_removed` for users whose last connection it held, vacated channels, counts, and
+    /// offline notices; watchers living at `origin` are forgotten.
+    pub fn drop_origin(&mut self, origin: Origin, now: u64, out: &mut Vec<Effect>) {
+        let mut keys: Vec<(AppIdx, Arc<str>)> = self.channels.keys().cloned().collect();
+        keys.sort();
+        for (app, channel) in keys {
+            let Some(ch) = self.channels.get_mut(&(app, channel.clone())) else {
+                continue;
+            };
+            let had = ch.subs.total();
+            if ch.subs.take(origin) == 0 {
+                continue;
+            }
+            let mut removed = Vec::new();
+            ch.members.retain(|key, m| {
+                m.conns.take(origin);
+                if m.conns.is_empty() {
+                    removed.push((key.to_string(), m.raw_id.clone()));
+                }
+                !m.conns.is_empty()
+            });
+            let members = &ch.members;
+            ch.order.retain(|k| members.contains_key(k));
+            let after = ch.subs.total();
+            let presence = type_of(&channel).kind == ChannelKind::Presence;
+            removed.sort();
+            for (user_id, raw_id) in removed {
+                out.push(hook(app, &channel, HookKind::MemberRemoved { user_id }));
+                let data = encode::member_json(&raw_id, None);
+                out.push(member_event(
+                    app,
+                    channel.clone(),
+                    "pusher_internal:member_removed",
+                    &data,
+                    None,
+                ));
+            }
+            if had > 0 && after == 0 {
+                out.push(hook(app, &channel, HookKind::ChannelVacated));
+            }
+            if !presence {
+                self.count_changed(app, &channel, after, now, out);
+            }
+            self.forget_if_empty(app, &channel);
+        }
+        let mut keys: Vec<(AppIdx, Arc<str>)> = self.users.keys().cloned().collect();
+        keys.sort();
+        for k in keys {
+            let Some(u) = self.users.get_mut(&k) else {
+                continue;
+            };
+            u.watchers.retain(|w| Origin::of(*w) != origin);
+            if u.conns.take(origin) > 0 && u.conns.is_empty() {
+                notify_watchers(&u.watchers, &k.1, false, out);
+            }
+            self.forget_user_if_empty(&k);
+        }
+    }
+
+    /// Throttled `subscription_count` events whose interval has passed by `now`.
+    pub fn tick(&mut self, now: u64, out: &mut Vec<Effect>) {
+        let mut due = Vec::new();
+        for ((app, name), ch) in self.channels.iter_mut() {
+            if ch.count_pending && now.saturating_sub(ch.count_sent_at) >= COUNT_INTERVAL_MS {
+                ch.count_pending = false;
+                ch.count_sent_at = now;
+                due.push((*app, name.clone(), ch.subs.total()));
+            }
+        }
+        due.sort();
+        for (app, channel, count) in due {
+            count_event(app, &channel, count, out);
+        }
+    }
+
+    /// The `subscription_count` rules: presence channels have none, the final 0 only goes to
+    /// webhooks (nobody is left to tell), busy channels are throttled.
+    fn count_changed(
+        &mut self,
+        app: AppIdx,
+        channel: &Arc<str>,
+        count: usize,
+        now: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        if !self.rules(app).subscription_count || type_of(channel).kind == ChannelKind::Presence {
+            return;
+        }
+        if count == 0 {
+            out.push(hook(app, channel, HookKind::SubscriptionCount { count: 0 }));
+            return;
+        }
+        let Some(ch) = self.channels.get_mut(&(app, channel.clone())) else {
+            return;
+        };
+        if count > COUNT_THROTTLE_ABOVE && now.saturating_sub(ch.count_sent_at) < COUNT_INTERVAL_MS
+        {
+            ch.count_pending = true;
+            return;
+        }
+        ch.count_sent_at = now;
+        ch.count_pending = false;
+        count_event(app, channel, count, out);
     }
 
     fn forget_if_empty(&mut self, app: AppIdx, channel: &Arc<str>) {
@@ -162,20 +592,27 @@ impl Home {
         if self
             .channels
             .get(&k)
-            .is_some_and(|c| c.subs == 0 && c.members.is_empty())
+            .is_some_and(|c| c.subs.is_empty() && c.members.is_empty())
         {
             self.channels.remove(&k);
         }
     }
 
+    fn forget_user_if_empty(&mut self, k: &(AppIdx, Arc<str>)) {
+        if self
+            .users
+            .get(k)
+            .is_some_and(|u| u.conns.is_empty() && u.watchers.is_empty())
+        {
+            self.users.remove(k);
+        }
+    }
+
     /// Facts of one channel.
-    pub fn facts(&self, app: AppIdx, channel: &Arc<str>) -> ChannelFacts {
+    pub fn facts(&self, app: AppIdx, channel: &str) -> ChannelFacts {
         self.channels
-            .get(&(app, channel.clone()))
-            .map(|c| ChannelFacts {
-                subscriptions: c.subs,
-                users: c.members.len(),
-            })
+            .get(&(app, Arc::from(channel)))
+            .map(channel_facts)
             .unwrap_or_default()
     }
 
@@ -183,23 +620,15 @@ impl Home {
     pub fn list(&self, app: AppIdx, prefix: &str) -> Vec<(Arc<str>, ChannelFacts)> {
         self.channels
             .iter()
-            .filter(|((a, name), c)| *a == app && c.subs > 0 && name.starts_with(prefix))
-            .map(|((_, name), c)| {
-                (
-                    name.clone(),
-                    ChannelFacts {
-                        subscriptions: c.subs,
-                        users: c.members.len(),
-                    },
-                )
-            })
+            .filter(|((a, name), c)| *a == app && !c.subs.is_empty() && name.starts_with(prefix))
+            .map(|((_, name), c)| (name.clone(), channel_facts(c)))
             .collect()
     }
 
     /// Raw ids of a presence channel's members, in join order.
-    pub fn users(&self, app: AppIdx, channel: &Arc<str>) -> Vec<String> {
+    pub fn users(&self, app: AppIdx, channel: &str) -> Vec<String> {
         self.channels
-            .get(&(app, channel.clone()))
+            .get(&(app, Arc::from(channel)))
             .map(|c| {
                 c.order
                     .iter()
@@ -210,88 +639,91 @@ impl Home {
             .unwrap_or_default()
     }
 
-    /// Decides whether a `subscription_count` event goes out now. Busy channels are throttled;
-    /// their pending count is picked up by [`Home::due_counts`].
-    pub fn count_now(&mut self, app: AppIdx, channel: &Arc<str>, count: usize, now: u64) -> bool {
-        let Some(ch) = self.channels.get_mut(&(app, channel.clone())) else {
-            return false;
-        };
-        if count > COUNT_THROTTLE_ABOVE && now.saturating_sub(ch.count_sent_at) < COUNT_INTERVAL_MS
-        {
-            ch.count_pending = true;
-            return false;
-        }
-        ch.count_sent_at = now;
-        ch.count_pending = false;
-        true
+    /// Whether `user` has a signed-in connection anywhere.
+    pub fn online(&self, app: AppIdx, user: &str) -> bool {
+        self.users
+            .get(&(app, Arc::from(user)))
+            .is_some_and(|u| !u.conns.is_empty())
     }
+}
 
-    /// Throttled counts whose interval has passed.
-    pub fn due_counts(&mut self, now: u64) -> Vec<(AppIdx, Arc<str>, usize)> {
-        let mut due = Vec::new();
-        for ((app, name), ch) in self.channels.iter_mut() {
-            if ch.count_pending && now.saturating_sub(ch.count_sent_at) >= COUNT_INTERVAL_MS {
-                ch.count_pending = false;
-                ch.count_sent_at = now;
-                due.push((*app, name.clone(), ch.subs));
-            }
-        }
-        due
+fn channel_facts(c: &Channel) -> ChannelFacts {
+    ChannelFacts {
+        subscriptions: c.subs.total(),
+        users: c.members.len(),
     }
+}
 
-    /// Applies a signed-in connection delta for a user; reports online/offline transitions.
-    pub fn user_delta(&mut self, app: AppIdx, user: &Arc<str>, delta: i32) -> Option<UserChange> {
-        let k = (app, user.clone());
-        let u = self.users.entry(k.clone()).or_default();
-        let before = u.conns;
-        u.conns = if delta >= 0 {
-            u.conns + delta as u32
-        } else {
-            u.conns.saturating_sub(delta.unsigned_abs())
-        };
-        let change = match (before, u.conns) {
-            (0, n) if n > 0 => Some(true),
-            (b, 0) if b > 0 => Some(false),
-            _ => None,
-        };
-        let out = change.map(|online| UserChange {
-            online,
-            watchers: u.watchers.clone(),
+fn hook(app: AppIdx, channel: &Arc<str>, kind: HookKind) -> Effect {
+    Effect::Hook {
+        app,
+        channel: channel.clone(),
+        kind,
+    }
+}
+
+fn member_event(
+    app: AppIdx,
+    channel: Arc<str>,
+    name: &str,
+    data: &str,
+    except: Option<Arc<str>>,
+) -> Effect {
+    let frame = encode::event_with_string_data(name, Some(&channel), data);
+    Effect::Publish {
+        app,
+        channel,
+        frame,
+        except,
+    }
+}
+
+fn count_event(app: AppIdx, channel: &Arc<str>, count: usize, out: &mut Vec<Effect>) {
+    let inner = format!("{{\"subscription_count\":{count}}}");
+    let frame =
+        encode::event_with_string_data("pusher_internal:subscription_count", Some(channel), &inner);
+    out.push(hook(app, channel, HookKind::SubscriptionCount { count }));
+    out.push(Effect::Publish {
+        app,
+        channel: channel.clone(),
+        frame,
+        except: None,
+    });
+}
+
+fn notify_watchers(watchers: &[ConnRef], user: &Arc<str>, online: bool, out: &mut Vec<Effect>) {
+    if watchers.is_empty() {
+        return;
+    }
+    let one = [user.clone()];
+    let frame = if online {
+        watchlist_frame(&one, &[])
+    } else {
+        watchlist_frame(&[], &one)
+    };
+    for w in watchers {
+        out.push(Effect::Notice {
+            to: *w,
+            frame: frame.clone(),
         });
-        if u.conns == 0 && u.watchers.is_empty() {
-            self.users.remove(&k);
-        }
-        out
     }
+}
 
-    /// Adds or removes a watcher of users; returns the (online, offline) ids when adding.
-    pub fn watch(
-        &mut self,
-        app: AppIdx,
-        users: &[Arc<str>],
-        watcher: ConnRef,
-        add: bool,
-    ) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
-        let (mut on, mut off) = (Vec::new(), Vec::new());
-        for id in users {
-            let k = (app, id.clone());
-            if add {
-                let u = self.users.entry(k).or_default();
-                u.watchers.push(watcher);
-                if u.conns > 0 {
-                    on.push(id.clone())
-                } else {
-                    off.push(id.clone())
-                }
-            } else if let Some(u) = self.users.get_mut(&k) {
-                u.watchers.retain(|w| *w != watcher);
-                if u.conns == 0 && u.watchers.is_empty() {
-                    self.users.remove(&k);
-                }
-            }
-        }
-        (on, off)
+/// `pusher_internal:watchlist_events` with online and offline groups (empty groups left out).
+fn watchlist_frame(online: &[Arc<str>], offline: &[Arc<str>]) -> Bytes {
+    let group = |name: &str, ids: &[Arc<str>]| {
+        let list: Vec<String> = ids.iter().map(|i| encode::quoted(i)).collect();
+        format!("{{\"name\":\"{name}\",\"user_ids\":[{}]}}", list.join(","))
+    };
+    let mut events = Vec::new();
+    if !online.is_empty() {
+        events.push(group("online", online));
     }
+    if !offline.is_empty() {
+        events.push(group("offline", offline));
+    }
+    let inner = format!("{{\"events\":[{}]}}", events.join(","));
+    encode::event_with_string_data("pusher_internal:watchlist_events", None, &inner)
 }
 
 fn presence_json(ch: &Channel) -> String {
@@ -321,123 +753,235 @@ fn presence_json(ch: &Channel) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{ConnKey, ShardId};
+    use crate::ids::ConnKey;
 
-    fn member(id: &str, raw: &str) -> Member {
-        Member {
-            key: id.into(),
-            raw_id: raw.into(),
-            info: Some(format!("{{\"n\":\"{id}\"}}")),
+    const APP: AppIdx = AppIdx(0);
+
+    fn home(subscription_count: bool, max: usize) -> Home {
+        Home::new(vec![AppRules {
+            max_presence_members: max,
+            subscription_count,
+        }])
+    }
+
+    fn conn(shard: u16, idx: u32) -> ConnRef {
+        ConnRef {
+            shard: ShardId(shard),
+            key: ConnKey { idx, gen: 1 },
         }
     }
 
+    fn member(id: &str, raw: &str) -> Arc<Member> {
+        Arc::new(Member {
+            key: id.into(),
+            raw_id: raw.into(),
+            info: Some(format!("{{\"n\":\"{id}\"}}")),
+        })
+    }
+
+    fn join(h: &mut Home, c: ConnRef, ch: &str, m: &Arc<Member>) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let delta = Delta::Join {
+            app: APP,
+            channel: ch.into(),
+            member: m.clone(),
+            conn: c,
+            socket_id: "1.1".into(),
+        };
+        h.apply(Origin::of(c), delta, 0, &mut out);
+        out
+    }
+
+    fn leave(h: &mut Home, o: u16, ch: &str, key: &str) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let delta = Delta::Leave {
+            app: APP,
+            channel: ch.into(),
+            user_key: key.into(),
+        };
+        h.apply(Origin::Shard(ShardId(o)), delta, 0, &mut out);
+        out
+    }
+
+    fn hooks(out: &[Effect]) -> Vec<&'static str> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Hook { kind, .. } => Some(kind.name()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn published(out: &[Effect]) -> Vec<String> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Publish { frame, .. } => Some(String::from_utf8_lossy(frame).to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn presence_counts_users_once() {
-        let mut h = Home::default();
-        let (app, ch): (AppIdx, Arc<str>) = (AppIdx(0), "presence-a".into());
+    fn presence_counts_users_once_across_origins() {
+        let mut h = home(false, 100);
         let a = member("1", "1");
-        let j1 = h.join(app, &ch, &a, 100).unwrap();
-        assert!(j1.first && j1.occupied);
-        assert_eq!(
-            j1.presence_json,
-            r#"{"presence":{"ids":[1],"hash":{"1":{"n":"1"}},"count":1}}"#
-        );
-        let j2 = h.join(app, &ch, &a, 100).unwrap();
-        assert!(!j2.first && !j2.occupied);
+        let out = join(&mut h, conn(0, 1), "presence-a", &a);
+        assert_eq!(hooks(&out), ["channel_occupied", "member_added"]);
+        let Effect::JoinAnswer { result: Ok(f), .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert!(String::from_utf8_lossy(f).contains(
+            r#"{\"presence\":{\"ids\":[1],\"hash\":{\"1\":{\"n\":\"1\"}},\"count\":1}}"#
+        ));
+        // The same user from another shard: no second member_added.
+        let out = join(&mut h, conn(1, 1), "presence-a", &a);
+        assert!(hooks(&out).is_empty() && published(&out).is_empty());
         let b = member("b", "\"b\"");
-        assert!(h.join(app, &ch, &b, 100).unwrap().first);
         assert_eq!(
-            h.facts(app, &ch),
+            hooks(&join(&mut h, conn(1, 2), "presence-a", &b)),
+            ["member_added"]
+        );
+        assert_eq!(
+            h.facts(APP, "presence-a"),
             ChannelFacts {
                 subscriptions: 3,
                 users: 2
             }
         );
-        assert_eq!(
-            h.users(app, &ch),
-            vec!["1".to_string(), "\"b\"".to_string()]
-        );
-        assert_eq!(
-            h.leave(app, &ch, "1"),
-            Left {
-                removed: None,
-                vacated: false
-            }
-        );
-        assert_eq!(
-            h.leave(app, &ch, "1"),
-            Left {
-                removed: Some("1".into()),
-                vacated: false
-            }
-        );
-        assert_eq!(
-            h.leave(app, &ch, "b"),
-            Left {
-                removed: Some("\"b\"".into()),
-                vacated: true
-            }
-        );
-        assert!(h.list(app, "").is_empty());
+        assert_eq!(h.users(APP, "presence-a"), ["1", "\"b\""]);
+        // A leave from an origin that holds none of the user's connections changes nothing.
+        assert!(leave(&mut h, 2, "presence-a", "1").is_empty());
+        assert!(leave(&mut h, 0, "presence-a", "1").is_empty());
+        let out = leave(&mut h, 1, "presence-a", "1");
+        assert_eq!(hooks(&out), ["member_removed"]);
+        assert!(published(&out)[0].contains("member_removed"));
+        let out = leave(&mut h, 1, "presence-a", "b");
+        assert_eq!(hooks(&out), ["member_removed", "channel_vacated"]);
+        assert!(h.list(APP, "").is_empty());
     }
 
     #[test]
-    fn member_limit() {
-        let mut h = Home::default();
-        let (app, ch): (AppIdx, Arc<str>) = (AppIdx(0), "presence-a".into());
-        h.join(app, &ch, &member("1", "1"), 1).unwrap();
-        assert!(h.join(app, &ch, &member("2", "2"), 1).is_err());
+    fn member_limit_counts_users_not_connections() {
+        let mut h = home(false, 1);
+        join(&mut h, conn(0, 1), "presence-a", &member("1", "1"));
+        let out = join(&mut h, conn(0, 2), "presence-a", &member("2", "2"));
+        assert!(matches!(
+            &out[..],
+            [Effect::JoinAnswer { result: Err(_), .. }]
+        ));
         // A second tab of an existing member is not a new member.
-        assert!(h.join(app, &ch, &member("1", "1"), 1).is_ok());
+        let out = join(&mut h, conn(1, 3), "presence-a", &member("1", "1"));
+        assert!(matches!(&out[0], Effect::JoinAnswer { result: Ok(_), .. }));
     }
 
     #[test]
     fn counts_and_throttle() {
-        let mut h = Home::default();
-        let (app, ch): (AppIdx, Arc<str>) = (AppIdx(0), "c".into());
-        assert_eq!(h.sub_delta(app, &ch, 1), (0, 1));
-        assert!(h.count_now(app, &ch, 1, 10));
+        let mut h = home(true, 100);
+        let ch: Arc<str> = "c".into();
+        let sub = |h: &mut Home, now: u64| {
+            let mut out = Vec::new();
+            let d = Delta::Subscribed {
+                app: APP,
+                channel: ch.clone(),
+            };
+            h.apply(Origin::Shard(ShardId(0)), d, now, &mut out);
+            out
+        };
+        let out = sub(&mut h, 10);
+        assert_eq!(hooks(&out), ["channel_occupied", "subscription_count"]);
         for _ in 0..150 {
-            h.sub_delta(app, &ch, 1);
+            sub(&mut h, 20_000);
         }
-        assert!(h.count_now(app, &ch, 151, 20_000));
-        assert!(!h.count_now(app, &ch, 151, 21_000));
-        assert!(h.due_counts(22_000).is_empty());
-        assert_eq!(h.due_counts(25_000), vec![(app, ch.clone(), 151)]);
-        assert_eq!(h.list(app, "c").len(), 1);
-        assert_eq!(h.list(app, "x").len(), 0);
+        // Above 100 subscribers, at most one count per interval; the rest comes from tick.
+        assert!(published(&sub(&mut h, 21_000)).is_empty());
+        let mut out = Vec::new();
+        h.tick(22_000, &mut out);
+        assert!(out.is_empty());
+        h.tick(25_000, &mut out);
+        assert!(published(&out)[0].contains(r#"{\"subscription_count\":152}"#));
+        assert_eq!(h.list(APP, "c").len(), 1);
+        assert_eq!(h.list(APP, "x").len(), 0);
     }
 
     #[test]
     fn users_and_watchers() {
-        let mut h = Home::default();
-        let app = AppIdx(0);
-        let w = ConnRef {
-            shard: ShardId(1),
-            key: ConnKey { idx: 3, gen: 1 },
-        };
+        let mut h = home(false, 100);
+        let w = conn(1, 3);
         let u: Arc<str> = "u".into();
-        assert_eq!(
-            h.watch(app, std::slice::from_ref(&u), w, true),
-            (vec![], vec![u.clone()])
-        );
-        assert_eq!(
-            h.user_delta(app, &u, 1),
-            Some(UserChange {
-                online: true,
-                watchers: vec![w]
+        let mut out = Vec::new();
+        let watch = Delta::Watch {
+            app: APP,
+            users: vec![u.clone()],
+            watcher: w,
+            add: true,
+        };
+        h.apply(Origin::of(w), watch, 0, &mut out);
+        let signed_in = Delta::SignedIn {
+            app: APP,
+            user: u.clone(),
+        };
+        let signed_out = Delta::SignedOut {
+            app: APP,
+            user: u.clone(),
+        };
+        h.apply(Origin::Shard(ShardId(0)), signed_in.clone(), 0, &mut out);
+        h.apply(Origin::Shard(ShardId(1)), signed_in, 0, &mut out);
+        h.apply(Origin::Shard(ShardId(0)), signed_out.clone(), 0, &mut out);
+        h.apply(Origin::Shard(ShardId(1)), signed_out, 0, &mut out);
+        let frames: Vec<String> = out
+            .iter()
+            .map(|e| match e {
+                Effect::Notice { to, frame } if *to == w => {
+                    String::from_utf8_lossy(frame).to_string()
+                }
+                other => panic!("{other:?}"),
             })
-        );
-        assert_eq!(h.user_delta(app, &u, 1), None);
-        assert_eq!(h.user_delta(app, &u, -1), None);
-        assert_eq!(
-            h.user_delta(app, &u, -1),
-            Some(UserChange {
-                online: false,
-                watchers: vec![w]
-            })
-        );
-        h.watch(app, std::slice::from_ref(&u), w, false);
+            .collect();
+        assert_eq!(frames.len(), 3, "{frames:?}");
+        assert!(frames[0].contains("offline") && frames[1].contains("online"));
+        assert!(frames[2].contains("offline"));
+        let unwatch = Delta::Watch {
+            app: APP,
+            users: vec![u],
+            watcher: w,
+            add: false,
+        };
+        h.apply(Origin::of(w), unwatch, 0, &mut out);
         assert!(h.users.is_empty());
+    }
+
+    #[test]
+    fn dropping_an_origin_removes_its_whole_contribution() {
+        let mut h = home(true, 100);
+        let (a, b) = (member("a", "\"a\""), member("b", "\"b\""));
+        join(&mut h, conn(0, 1), "presence-x", &a);
+        join(&mut h, conn(1, 1), "presence-x", &a);
+        join(&mut h, conn(1, 2), "presence-x", &b);
+        let mut out = Vec::new();
+        let pubsub = Delta::Subscribed {
+            app: APP,
+            channel: "public".into(),
+        };
+        h.apply(Origin::Shard(ShardId(1)), pubsub, 0, &mut out);
+        let signed_in = Delta::SignedIn {
+            app: APP,
+            user: "b".into(),
+        };
+        h.apply(Origin::Shard(ShardId(1)), signed_in, 0, &mut out);
+        out.clear();
+        h.drop_origin(Origin::Shard(ShardId(1)), 10_000, &mut out);
+        // b's only connection was there; a still has one on shard 0.
+        assert_eq!(
+            hooks(&out),
+            ["member_removed", "channel_vacated", "subscription_count"]
+        );
+        assert_eq!(h.users(APP, "presence-x"), ["\"a\""]);
+        assert_eq!(h.facts(APP, "presence-x").subscriptions, 1);
+        assert_eq!(h.facts(APP, "public"), ChannelFacts::default());
+        assert!(!h.online(APP, "b"));
+        // Dropping it again is a no-op.
+        out.clear();
+        h.drop_origin(Origin::Shard(ShardId(1)), 10_000, &mut out);
+        assert!(out.is_empty());
     }
 }

@@ -2,12 +2,14 @@
 //! listener, its connections and its slice of home-shard facts.
 
 pub mod conn;
+mod effects;
 mod frames;
 mod inbox;
 mod pusher;
 mod session;
 pub mod sock;
 mod state;
+mod timer;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ use anyhow::{Context, Result};
 use monoio::net::TcpListener;
 
 use crate::bus::{Bus, BusMsg};
+use crate::channels::home::AppRules;
 use crate::config::{AppConfig, Config};
 use crate::ids::{AppIdx, ShardId};
 use crate::metrics::ShardMetrics;
@@ -251,7 +254,15 @@ fn run_shard(
             return Err(e.into());
         }
     };
-    let apps = shared.config.apps.len();
+    let rules = shared
+        .config
+        .apps
+        .iter()
+        .map(|a| AppRules {
+            max_presence_members: a.max_presence_members,
+            subscription_count: a.subscription_count,
+        })
+        .collect();
     rt.block_on(async move {
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -263,12 +274,12 @@ fn run_shard(
         let shard = Rc::new(Shard {
             id,
             shared,
-            state: RefCell::new(State::new(apps)),
+            state: RefCell::new(State::new(rules)),
             scratch: RefCell::new(vec![0u8; SCRATCH_BYTES]),
         });
         let _ = ready.send(Ok(()));
         monoio::spawn(inbox::run(shard.clone()));
-        monoio::spawn(state::tick(shard.clone()));
+        monoio::spawn(timer::tick(shard.clone()));
         accept_loop(shard.clone(), listener).await;
         drain(&shard).await;
     });

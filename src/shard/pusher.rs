@@ -7,7 +7,8 @@ use super::conn::{SignedIn, Sub, SubState};
 use super::state::{index_add, leave_home, unindex, watch, State};
 use super::Shard;
 use crate::auth;
-use crate::bus::{BusMsg, Publication};
+use crate::bus::Publication;
+use crate::channels::home::Delta;
 use crate::ids::{AppIdx, ConnKey};
 use crate::metrics::ShardMetrics;
 use crate::protocol::channel::{self, ChannelKind, ChannelType, SERVER_TO_USER_PREFIX};
@@ -202,11 +203,11 @@ fn subscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_
         shard.to_home(
             app,
             &channel,
-            BusMsg::PresenceJoin {
+            Delta::Join {
                 app,
                 channel: channel.clone(),
                 member: m,
-                from,
+                conn: from,
                 socket_id,
             },
         );
@@ -228,10 +229,9 @@ fn subscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_
         shard.to_home(
             app,
             &channel,
-            BusMsg::SubDelta {
+            Delta::Subscribed {
                 app,
                 channel: channel.clone(),
-                delta: 1,
             },
         );
     }
@@ -381,10 +381,9 @@ fn signin(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_>) 
         shard.to_home(
             app,
             &id,
-            BusMsg::UserPresence {
+            Delta::SignedIn {
                 app,
                 user: id.clone(),
-                delta: 1,
             },
         );
         watch(shard, app, key, &watchlist, true);
@@ -512,7 +511,7 @@ pub fn presence_joined(
             shard.to_home(
                 app,
                 channel,
-                BusMsg::PresenceLeave {
+                Delta::Leave {
                     app,
                     channel: channel.clone(),
                     user_key: member.key.as_str().into(),

@@ -1,10 +1,9 @@
 //! A shard's mutable state and the operations every other shard module uses on it: queueing
-//! frames, flushing dirty connections, closing, and the once-a-second timer sweep.
+//! frames, flushing dirty connections, closing and removing connections.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -12,13 +11,13 @@ use super::conn::{Conn, Queued, Slab, SubState};
 use super::sock::{self, Flush};
 use super::Shard;
 use crate::bus::{BusMsg, Publication};
-use crate::channels::home::Home;
-use crate::ids::{home_of, AppIdx, ConnKey, ConnRef};
+use crate::channels::home::{AppRules, Delta, Home, Origin};
+use crate::ids::{home_of, AppIdx, ConnKey, ConnRef, ShardId};
 use crate::metrics::ShardMetrics;
-use crate::protocol::{channel::ChannelKind, codes, encode};
+use crate::protocol::{channel::ChannelKind, codes};
 
 /// How long a closing connection may take to answer our close frame before it is cut.
-const CLOSE_LINGER_MS: u64 = 2_000;
+pub const CLOSE_LINGER_MS: u64 = 2_000;
 
 /// A cache channel's last HTTP-triggered event, as this shard saw it go by.
 pub struct CacheEntry {
@@ -53,14 +52,15 @@ pub struct State {
 }
 
 impl State {
-    /// Empty state for `apps` apps.
-    pub fn new(apps: usize) -> State {
+    /// Empty state for apps with these home rules (one per app).
+    pub fn new(rules: Vec<AppRules>) -> State {
+        let apps = rules.len();
         State {
             conns: Slab::default(),
             index: (0..apps).map(|_| HashMap::new()).collect(),
             users: (0..apps).map(|_| HashMap::new()).collect(),
             cache: (0..apps).map(|_| HashMap::new()).collect(),
-            home: Home::default(),
+            home: Home::new(rules),
             dirty: Vec::new(),
             flush_buf: Vec::new(),
             seq: 0,
@@ -172,10 +172,16 @@ impl Shard {
         }
     }
 
-    /// Sends a message on the bus to the home shard of (app, name).
-    pub fn to_home(&self, app: AppIdx, name: &str, msg: BusMsg) {
+    /// Reports a change to the home shard of (app, name).
+    pub fn to_home(&self, app: AppIdx, name: &str, delta: Delta) {
         let home = home_of(app, name, self.shared.shards());
-        self.shared.bus.send(home, msg);
+        self.to_shard_home(home, delta);
+    }
+
+    /// Reports a change to a given home shard.
+    pub fn to_shard_home(&self, home: ShardId, delta: Delta) {
+        let from = Origin::Shard(self.id);
+        self.shared.bus.send(home, BusMsg::Home { from, delta });
     }
 
     /// Publishes a frame to a channel on every shard. Returns false when some shard dropped it.
@@ -367,19 +373,18 @@ pub fn index_add(
 
 /// Tells the channel's home shard that an active subscription ended.
 pub fn leave_home(shard: &Shard, app: AppIdx, sub: &super::conn::Sub) {
-    let msg = match (&sub.member, sub.ty.kind) {
-        (Some(m), ChannelKind::Presence) => BusMsg::PresenceLeave {
+    let delta = match (&sub.member, sub.ty.kind) {
+        (Some(m), ChannelKind::Presence) => Delta::Leave {
             app,
             channel: sub.channel.clone(),
             user_key: m.key.as_str().into(),
         },
-        _ => BusMsg::SubDelta {
+        _ => Delta::Unsubscribed {
             app,
             channel: sub.channel.clone(),
-            delta: -1,
         },
     };
-    shard.to_home(app, &sub.channel, msg);
+    shard.to_home(app, &sub.channel, delta);
 }
 
 /// Tells the user's home shard (and the watched users' homes) that a signed-in connection left.
@@ -390,10 +395,9 @@ pub fn sign_out_home(shard: &Shard, app: AppIdx, user: &super::conn::SignedIn, k
     shard.to_home(
         app,
         &user.id,
-        BusMsg::UserPresence {
+        Delta::SignedOut {
             app,
             user: user.id.clone(),
-            delta: -1,
         },
     );
     watch(shard, app, key, &user.watchlist, false);
@@ -403,9 +407,9 @@ pub fn sign_out_home(shard: &Shard, app: AppIdx, user: &super::conn::SignedIn, k
 pub fn watch(shard: &Shard, app: AppIdx, key: ConnKey, ids: &[Arc<str>], add: bool) {
     for (home, users) in group_by_home(shard, app, ids) {
         let watcher = shard.conn_ref(key);
-        shard.shared.bus.send(
+        shard.to_shard_home(
             home,
-            BusMsg::Watch {
+            Delta::Watch {
                 app,
                 users,
                 watcher,
@@ -430,65 +434,4 @@ pub fn group_by_home(
         }
     }
     groups
-}
-
-/// The timer sweep, once a second: server pings, pong timeouts (4201), sign-in deadlines (4009),
-/// lingering closes, expired cache entries, throttled subscription counts.
-pub async fn tick(shard: Rc<Shard>) {
-    let cfg = &shard.shared.config.server;
-    let activity = cfg.activity_timeout * 1000;
-    let pong = cfg.pong_timeout * 1000;
-    loop {
-        monoio::time::sleep(Duration::from_millis(500)).await;
-        let now = shard.now_ms();
-        {
-            let mut st = shard.state.borrow_mut();
-            let mut to_close = Vec::new();
-            let mut to_ping = Vec::new();
-            for (key, c) in st.conns.iter_mut() {
-                if let Some(since) = c.closing {
-                    if now.saturating_sub(since) > CLOSE_LINGER_MS {
-                        sock::shutdown(c.fd, libc::SHUT_RDWR);
-                    }
-                    continue;
-                }
-                if let Some(sent) = c.ping_sent {
-                    if now.saturating_sub(sent) >= pong {
-                        to_close.push((
-                            key,
-                            codes::PONG_TIMEOUT,
-                            "Pong reply not received in time",
-                        ));
-                    }
-                } else if now.saturating_sub(c.last_rx) >= activity {
-                    c.ping_sent = Some(now);
-                    to_ping.push(key);
-                }
-                if let Some(deadline) = c.auth_deadline {
-                    if now >= deadline {
-                        to_close.push((
-                            key,
-                            codes::UNAUTHORIZED,
-                            "Connection not authorized within timeout",
-                        ));
-                    }
-                }
-            }
-            for key in to_ping {
-                shard.send_to(&mut st, key, encode::ping());
-            }
-            for (key, code, reason) in to_close {
-                shard.close(&mut st, key, code, reason, true);
-            }
-            for cache in st.cache.iter_mut() {
-                cache.retain(|_, e| e.expires > now);
-            }
-            let due = st.home.due_counts(now);
-            drop(st);
-            for (app, channel, count) in due {
-                super::inbox::publish_count(&shard, app, &channel, count);
-            }
-        }
-        flush_dirty(&shard);
-    }
 }
