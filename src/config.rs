@@ -232,17 +232,6 @@ impl AppConfig {
     }
 }
 
-/// Webhook event names.
-pub const WEBHOOK_EVENTS: [&str; 7] = [
-    "channel_occupied",
-    "channel_vacated",
-    "member_added",
-    "member_removed",
-    "client_event",
-    "cache_miss",
-    "subscription_count",
-];
-
 /// Prefix of environment variables that override configuration keys.
 const ENV_PREFIX: &str = "RINGPUSH_";
 
@@ -396,10 +385,10 @@ impl Config {
                     }
                 }
                 for t in &w.event_types {
-                    if !WEBHOOK_EVENTS.contains(&t.as_str()) {
+                    if !crate::protocol::events::WEBHOOK_EVENTS.contains(&t.as_str()) {
                         bail!(
                             "apps[{i}].webhooks[{j}].event_types: unknown event {t:?} (known: {})",
-                            WEBHOOK_EVENTS.join(", ")
+                            crate::protocol::events::WEBHOOK_EVENTS.join(", ")
                         );
                     }
                 }

@@ -3,3 +3,4 @@
 pub mod api;
 pub mod request;
 pub mod response;
+pub mod service;

@@ -3,5 +3,7 @@
 pub mod channel;
 pub mod codes;
 pub mod encode;
+pub mod events;
 pub mod json;
+pub mod limits;
 pub mod message;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use monoio::net::TcpStream;
 
-use crate::ids::{AppIdx, ConnKey};
+use crate::ids::{AppIdx, ConnKey, SocketId};
 use crate::protocol::channel::ChannelType;
 use crate::protocol::encode;
 use crate::protocol::message::Member;
@@ -61,7 +61,7 @@ pub struct Conn {
     /// The app the connection belongs to.
     pub app: AppIdx,
     /// The socket id sent in `connection_established`.
-    pub socket_id: Arc<str>,
+    pub socket_id: SocketId,
     /// Joined channels; few per connection, so a Vec beats a map.
     pub subs: Vec<Sub>,
     /// Set after a successful `pusher:signin`.

@@ -66,7 +66,7 @@ fn handle(shard: &Shard, st: &mut State, msg: BusMsg, now: u64) {
             for key in user_conns(st, app, &user) {
                 let excluded = except
                     .as_ref()
-                    .is_some_and(|x| st.conns.get(key).is_some_and(|c| c.socket_id == *x));
+                    .is_some_and(|x| st.conns.get(key).is_some_and(|c| *c.socket_id == **x));
                 if !excluded {
                     shard.send_to(st, key, frame.clone());
                 }

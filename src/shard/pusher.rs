@@ -12,14 +12,10 @@ use crate::channels::home::Delta;
 use crate::ids::{AppIdx, ConnKey};
 use crate::metrics::ShardMetrics;
 use crate::protocol::channel::{self, ChannelKind, ChannelType, SERVER_TO_USER_PREFIX};
+use crate::protocol::limits::{MAX_EVENT_NAME, MAX_SUBSCRIPTIONS, MAX_WATCHLIST};
 use crate::protocol::message::{self, ClientMessage, Member};
 use crate::protocol::{codes, encode};
 use crate::webhooks::HookKind;
-
-/// Most channels one connection may join.
-pub const MAX_SUBSCRIPTIONS: usize = 1000;
-/// Most watchlist entries kept (more gives 4302).
-pub const MAX_WATCHLIST: usize = 100;
 
 fn error(shard: &Shard, st: &mut State, key: ConnKey, code: Option<u16>, msg: &str) {
     shard.send_to(st, key, encode::error(code, msg));
@@ -198,7 +194,7 @@ fn subscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_
             member: Some(m.clone()),
             slot: 0,
         });
-        let socket_id = conn.socket_id.clone();
+        let socket_id = conn.socket_id.shared();
         let from = shard.conn_ref(key);
         shard.to_home(
             app,
@@ -375,7 +371,9 @@ fn signin(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_>) 
                 st,
                 key,
                 Some(codes::WATCHLIST_LIMIT),
-                "Watchlist limit exceeded: only the first 100 user ids are watched",
+                &format!(
+                    "Watchlist limit exceeded: only the first {MAX_WATCHLIST} user ids are watched"
+                ),
             );
         }
         shard.to_home(
@@ -449,7 +447,7 @@ fn client_event(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage
         );
     }
     let data = msg.data.as_deref().unwrap_or("null");
-    if data.len() > cfg.max_event_data || msg.event.len() > 200 {
+    if data.len() > cfg.max_event_data || msg.event.len() > MAX_EVENT_NAME {
         return error(
             shard,
             st,
@@ -482,7 +480,7 @@ fn client_event(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage
         app,
         channel,
         frame,
-        except: Some(conn.socket_id.clone()),
+        except: Some(conn.socket_id.shared()),
         cache_data: None,
         essential: false,
     });

@@ -5,7 +5,6 @@
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -17,7 +16,7 @@ use super::{frames, Shard};
 use crate::http::api;
 use crate::http::request::{self, Parsed, Request};
 use crate::http::response::Response;
-use crate::ids::AppIdx;
+use crate::ids::{AppIdx, SocketId};
 use crate::metrics::ShardMetrics;
 use crate::protocol::{codes, encode};
 use crate::ws::{codec, handshake};
@@ -80,7 +79,7 @@ pub async fn run(shard: Rc<Shard>, stream: TcpStream) {
             let _ = write_all(&stream, &resp.to_bytes(false), limit).await;
             return;
         }
-        let resp = Box::pin(api::handle(&shard, &req)).await;
+        let resp = Box::pin(api::handle(&*shard, &req)).await;
         if write_all(&stream, &resp.to_bytes(req.keep_alive), limit)
             .await
             .is_err()
@@ -269,17 +268,12 @@ async fn read_loop(shard: Rc<Shard>, stream: Rc<TcpStream>, ckey: crate::ids::Co
 /// Inserts the connection into the shard's slab and queues `connection_established`.
 fn register(shard: &Rc<Shard>, stream: Rc<TcpStream>, app: AppIdx) -> crate::ids::ConnKey {
     let now = shard.now_ms();
-    let shards = shard.shared.shards() as u64;
+    let shards = shard.shared.shards();
     let cfg = shard.shared.app(app);
     let mut st = shard.state.borrow_mut();
     st.seq += 1;
     // The second number modulo the shard count is the owning shard (tests rely on it).
-    let socket_id: Arc<str> = format!(
-        "{}.{}",
-        fastrand::u32(1..1_000_000_000),
-        st.seq * shards + shard.id.0 as u64
-    )
-    .into();
+    let socket_id = SocketId::generate(fastrand::u32(1..1_000_000_000), st.seq, shard.id, shards);
     let fd = stream.as_raw_fd();
     let auth_deadline = (cfg.authorized_connections_timeout > 0)
         .then(|| now + cfg.authorized_connections_timeout * 1000);

@@ -151,7 +151,7 @@ impl Shard {
                 continue;
             };
             if let Some(ex) = &p.except {
-                if conn.socket_id == *ex {
+                if *conn.socket_id == **ex {
                     continue;
                 }
             }

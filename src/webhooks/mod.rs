@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::ids::AppIdx;
 use crate::protocol::encode::{json_str, quoted};
+use crate::protocol::events::WEBHOOK_EVENTS;
 
 /// What happened, as the shards report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,13 +57,13 @@ impl HookKind {
     /// The webhook event name.
     pub fn name(&self) -> &'static str {
         match self {
-            HookKind::ChannelOccupied => "channel_occupied",
-            HookKind::ChannelVacated => "channel_vacated",
-            HookKind::MemberAdded { .. } => "member_added",
-            HookKind::MemberRemoved { .. } => "member_removed",
-            HookKind::ClientEvent { .. } => "client_event",
-            HookKind::CacheMiss => "cache_miss",
-            HookKind::SubscriptionCount { .. } => "subscription_count",
+            HookKind::ChannelOccupied => WEBHOOK_EVENTS[0],
+            HookKind::ChannelVacated => WEBHOOK_EVENTS[1],
+            HookKind::MemberAdded { .. } => WEBHOOK_EVENTS[2],
+            HookKind::MemberRemoved { .. } => WEBHOOK_EVENTS[3],
+            HookKind::ClientEvent { .. } => WEBHOOK_EVENTS[4],
+            HookKind::CacheMiss => WEBHOOK_EVENTS[5],
+            HookKind::SubscriptionCount { .. } => WEBHOOK_EVENTS[6],
         }
     }
 }

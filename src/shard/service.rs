@@ -1,0 +1,206 @@
+//! The shards' side of the HTTP seam: [`Service`] for a shard. Publishes go out on the bus to
+//! every shard; questions go to the shard that is home to the fact (or to every shard for lists
+//! and counts) and are answered over a oneshot channel.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+
+use super::Shard;
+use crate::bus::{BusMsg, Publication, Query};
+use crate::channels::home::ChannelFacts;
+use crate::config::{AppConfig, ServerConfig};
+use crate::http::service::{CachedEvent, Service};
+use crate::ids::{home_of, AppIdx, ShardId};
+use crate::metrics::{self, Series};
+
+impl Shard {
+    async fn ask<T>(
+        &self,
+        to: ShardId,
+        make: impl FnOnce(oneshot::Sender<T>) -> Query,
+    ) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.shared.bus.send(to, BusMsg::Query(make(tx)));
+        rx.await.ok()
+    }
+
+    fn all_shards(&self) -> impl Iterator<Item = ShardId> {
+        (0..self.shared.shards()).map(|i| ShardId(i as u16))
+    }
+}
+
+impl Service for Shard {
+    fn server(&self) -> &ServerConfig {
+        &self.shared.config.server
+    }
+
+    fn app(&self, app: AppIdx) -> &AppConfig {
+        self.shared.app(app)
+    }
+
+    fn app_by_id(&self, id: &str) -> Option<AppIdx> {
+        self.shared.by_id.get(id).copied()
+    }
+
+    fn app_by_key(&self, key: &str) -> Option<AppIdx> {
+        self.shared.by_key.get(key).copied()
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::Relaxed)
+    }
+
+    fn publish(
+        &self,
+        app: AppIdx,
+        channel: &str,
+        frame: Bytes,
+        except: Option<Arc<str>>,
+        cache_data: Option<Arc<str>>,
+    ) -> bool {
+        Shard::publish(
+            self,
+            Publication {
+                app,
+                channel: channel.into(),
+                frame,
+                except,
+                cache_data,
+                essential: false,
+            },
+        )
+    }
+
+    fn send_to_user(
+        &self,
+        app: AppIdx,
+        user: &str,
+        frame: Bytes,
+        except: Option<Arc<str>>,
+    ) -> bool {
+        let user: Arc<str> = user.into();
+        let dropped = self.shared.bus.broadcast(|| BusMsg::ToUser {
+            app,
+            user: user.clone(),
+            frame: frame.clone(),
+            except: except.clone(),
+        });
+        dropped == 0
+    }
+
+    fn terminate_user(&self, app: AppIdx, user: &str) {
+        let user: Arc<str> = user.into();
+        self.shared.bus.broadcast(|| BusMsg::Terminate {
+            app,
+            user: user.clone(),
+        });
+    }
+
+    async fn channel_facts(&self, app: AppIdx, channel: &str) -> ChannelFacts {
+        let channel: Arc<str> = channel.into();
+        let home = home_of(app, &channel, self.shared.shards());
+        self.ask(home, |reply| Query::Channel {
+            app,
+            channel,
+            reply,
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    async fn channel_list(&self, app: AppIdx, prefix: &str) -> Vec<(Arc<str>, ChannelFacts)> {
+        let mut all = Vec::new();
+        for shard in self.all_shards() {
+            let prefix = prefix.to_string();
+            let list = self.ask(shard, |reply| Query::List { app, prefix, reply });
+            all.extend(list.await.unwrap_or_default());
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    async fn presence_users(&self, app: AppIdx, channel: &str) -> Vec<String> {
+        let channel: Arc<str> = channel.into();
+        let home = home_of(app, &channel, self.shared.shards());
+        self.ask(home, |reply| Query::Users {
+            app,
+            channel,
+            reply,
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    async fn connection_count(&self, app: AppIdx) -> usize {
+        let mut total = 0;
+        for shard in self.all_shards() {
+            let n = self.ask(shard, |reply| Query::Connections { app, reply });
+            total += n.await.unwrap_or(0);
+        }
+        total
+    }
+
+    fn cached_event(&self, app: AppIdx, channel: &str) -> Option<CachedEvent> {
+        let now = self.now_ms();
+        let st = self.state.borrow();
+        let e = st.cache[app.0 as usize].get(channel)?;
+        (e.expires > now).then(|| CachedEvent {
+            data: e.data.clone(),
+            ttl_secs: (e.expires - now) / 1000,
+        })
+    }
+
+    fn metrics_text(&self) -> String {
+        let bus = &self.shared.bus;
+        let dropped: u64 = self.all_shards().map(|s| bus.dropped(s)).sum();
+        let backlog: usize = self.all_shards().map(|s| bus.backlog(s)).sum();
+        let mut extra = vec![
+            Series::counter(
+                "ringpush_bus_dropped_total",
+                "Publications dropped because a shard inbox was full",
+                dropped,
+            ),
+            Series::gauge(
+                "ringpush_bus_backlog",
+                "Messages waiting in shard inboxes",
+                backlog as u64,
+            ),
+            Series::gauge("ringpush_shards", "Number of shards", bus.shards() as u64),
+            Series::gauge(
+                "ringpush_io_uring",
+                "1 when shards run on io_uring, 0 on the epoll fallback",
+                self.shared.uring as u64,
+            ),
+        ];
+        if let Some(w) = &self.shared.webhooks {
+            let s = &w.stats;
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            extra.extend([
+                Series::counter(
+                    "ringpush_webhooks_sent_total",
+                    "Webhook requests answered with 2xx",
+                    load(&s.sent),
+                ),
+                Series::counter(
+                    "ringpush_webhooks_retried_total",
+                    "Webhook attempts that failed and were retried",
+                    load(&s.retried),
+                ),
+                Series::counter(
+                    "ringpush_webhooks_failed_total",
+                    "Webhook requests given up after the retry window",
+                    load(&s.failed),
+                ),
+                Series::counter(
+                    "ringpush_webhooks_dropped_total",
+                    "Webhook events dropped (queue full or shutdown)",
+                    load(&s.dropped),
+                ),
+            ]);
+        }
+        metrics::render(&self.shared.metrics, &extra)
+    }
+}
