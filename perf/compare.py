@@ -4,12 +4,19 @@
 Every scenario starts each server fresh, runs the harness against it with
 --server-pid (so RSS and CPU come from /proc), and alternates the servers
 (ringpush, Sockudo, ringpush, ...) so that slow drifts in machine load hit both.
-Results (harness JSON, harness SVG plots, server logs, a step plot of the
-fan-out search, comparison.md) go to perf/results/<timestamp>/ and
-perf/results/latest points at the newest run.
+The results a reader uses (comparison.md, params.json, state.json and the fan-out
+step plots) go to perf/results/<timestamp>/, and perf/results/latest points at the
+newest run. The raw per-run output (harness JSON, summaries and plots, server logs,
+runs.jsonl) goes to a temporary directory that is deleted at the end, unless
+--raw-dir names one to keep or a run failed (then its path is printed).
+
+Every harness report is checked on load against perf/report_schema.py (the keys
+this script reads); the goal thresholds come from perf/goals.toml.
 
 Usage:
-    perf/compare.py [--set quick|full] [--only SCENARIO,...] [--out DIR]
+    perf/compare.py [--set quick|full] [--only SCENARIO,...] [--out DIR] [--raw-dir DIR]
+    perf/compare.py --report-only DIR   # rewrite DIR/comparison.md and plots from DIR/state.json
+    perf/compare.py --self-test         # checks of the report schema and the goals file
 
 Environment:
     RINGPUSH_BIN   ringpush binary        (default <repo>/target/release/ringpush)
@@ -35,14 +42,76 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import tomllib
 import urllib.request
+
+import report_schema
+from report_schema import SchemaError, value
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 APP = {"id": "app-id", "key": "app-key", "secret": "app-secret"}
 SERVERS = ("ringpush", "sockudo")
 DISPLAY = {"ringpush": "ringpush", "sockudo": "Sockudo"}
+GOALS_FILE = os.path.join(HERE, "goals.toml")
+
+
+# ---------------------------------------------------------------- goals
+
+# The thresholds each goal in goals.toml must define (their values live only in that file).
+GOAL_KEYS = {
+    "idle_memory": ("max_kib_per_connection", "min_ratio"),
+    "fanout_max": ("min_ratio",),
+    "cpu_per_delivery": ("min_ratio",),
+    "latency": ("max_p99_over_p50",),
+    "connect": ("min_ratio",),
+    "crosscore": ("max_w2_over_w1",),
+    "scale": ("min_subscribed_fraction", "min_delivery_ratio"),
+}
+GOAL_LABEL_EXTRA = {"scale": ("n",)}  # label fields filled in from the scenario parameters
+
+
+class GoalsError(Exception):
+    pass
+
+
+def load_goals(path=GOALS_FILE):
+    """Reads and checks the goals file; GoalsError names the file and the key."""
+    try:
+        with open(path, "rb") as f:
+            goals = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise GoalsError(f"{path}: cannot read the goals: {e}") from None
+    for name, keys in GOAL_KEYS.items():
+        g = goals.get(name)
+        if not isinstance(g, dict):
+            raise GoalsError(f"{path}: table [{name}] missing")
+        for k in ("id", "label"):
+            if not isinstance(g.get(k), str):
+                raise GoalsError(f"{path}: key {name}.{k}: expected a string, got {g.get(k)!r}")
+        for k in keys:
+            v = g.get(k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise GoalsError(f"{path}: key {name}.{k}: expected a number, got {v!r}")
+        try:
+            goal_label(g, **{k: 0 for k in GOAL_LABEL_EXTRA.get(name, ())})
+        except (KeyError, IndexError, ValueError) as e:
+            raise GoalsError(f"{path}: key {name}.label: unknown field {e} in {g['label']!r}") from None
+    unknown = set(goals) - set(GOAL_KEYS)
+    if unknown:
+        raise GoalsError(f"{path}: unknown goal table(s) {sorted(unknown)} (known: {', '.join(GOAL_KEYS)})")
+    return goals
+
+
+def goal_label(g, **extra):
+    """'1. Idle memory <= 2 KiB/conn ...': the goal's id and label with its fields filled in."""
+    def num(v):
+        return f"{v:g}" if isinstance(v, float) else str(v)
+    fields = {k: num(v) for k, v in g.items() if k not in ("id", "label")}
+    fields.update({k: num(v) for k, v in extra.items()})
+    return f"{g['id']}. " + g["label"].format(**fields)
 
 
 # ---------------------------------------------------------------- scenario sets
@@ -270,10 +339,15 @@ max_presence_members = 100
 # ---------------------------------------------------------------- harness runs
 
 class Runner:
-    def __init__(self, out, harness, workers):
-        self.out, self.harness, self.workers = out, harness, workers
+    """Runs the harness. `raw` receives the raw per-run output (runs/<run>/, logs/,
+    runs.jsonl with every attempt as it finishes); only `records` (the last attempt of
+    each run) and `superseded` (earlier attempts, disturbed and repeated) reach state.json."""
+
+    def __init__(self, raw, harness, workers):
+        self.raw, self.harness, self.workers = raw, harness, workers
         self.records = []
-        self.runlog = open(os.path.join(out, "runs.jsonl"), "a")
+        self.superseded = []
+        self.runlog = open(os.path.join(raw, "runs.jsonl"), "a")
 
     def run(self, name, kind, scenario_args, common_extra=(), workers=None,
             nominal=60, retry_disturbed=True):
@@ -290,23 +364,24 @@ class Runner:
             self.runlog.flush()
             if disturbed and retry_disturbed and attempt < 3:
                 log(f"  {name}/{kind}: disturbed by other processes, running it again")
+                self.superseded.append(rec)
                 continue
             self.records.append(rec)
             return rec
 
     def _run_once(self, name, kind, scenario_args, common_extra, workers, nominal, attempt):
         tag = name if attempt == 1 else f"{name}.retry{attempt - 1}"
-        rundir = os.path.join(self.out, "runs", f"{tag}.{kind}")
+        rundir = os.path.join(self.raw, "runs", f"{tag}.{kind}")
         os.makedirs(rundir, exist_ok=True)
         json_out = os.path.join(rundir, "result.json")
         busy0, waited = wait_quiet()
         if waited > 3:
             log(f"  waited {waited:.0f} s for the machine to go quiet ({busy0:.2f} cores busy now)")
         load0 = loadavg()
-        server = Server(kind, os.path.join(self.out, "logs"), tag, workers)
+        server = Server(kind, os.path.join(self.raw, "logs"), tag, workers)
         rec = {"name": name, "server": kind, "workers": workers, "attempt": attempt,
                "args": list(scenario_args), "loadavg_before": load0,
-               "busy_cores_before": round(busy0, 2), "quiet_wait_s": round(waited, 1), "dir": os.path.relpath(rundir, self.out)}
+               "busy_cores_before": round(busy0, 2), "quiet_wait_s": round(waited, 1), "dir": os.path.relpath(rundir, self.raw)}
         try:
             server.start()
         except Exception as e:  # a server that cannot start is a result too
@@ -336,13 +411,9 @@ class Runner:
             f.write(out)
         rec.update(status=status, seconds=round(time.time() - t0, 1), server_alive_at_end=alive)
         if os.path.exists(json_out):
-            with open(json_out) as f:
-                rep = json.load(f)
-            v = rep["validity"]
-            rec.update(ok=True, valid=v["valid"], clean=v["clean"], lost=v["lost"],
-                       errors=v["errors"], notes=v["notes"], metrics=rep["metrics"],
-                       latency_us=rep.get("latency_us", {}), server_stats=rep.get("server"),
-                       harness=rep.get("harness"), error_kinds=rep.get("errors", {}))
+            # A report that lacks a key this script reads stops the comparison (SchemaError).
+            rep = report_schema.load_report(json_out, expect_scenario=scenario_args[0])
+            rec.update(ok=True, **report_schema.record_fields(rep))
         else:
             rec.update(ok=False, error=f"harness exit {status}, no JSON; see {rundir}/summary.txt")
         if not alive:
@@ -367,15 +438,17 @@ def others_cores(rec):
 def brief(rec):
     if not rec.get("ok"):
         return "FAILED: " + rec.get("error", "?")
-    m = rec["metrics"]
+    scenario = report_schema.scenario_of(rec)
     bits = [("VALID" if rec["valid"] else "invalid") + ("/clean" if rec["clean"] else "/LOSS-OR-ERRORS")]
     for k in ("delivered_msgs_per_s", "server_cpu_s_per_million_deliveries",
               "connect_rate_achieved_per_s", "server_bytes_per_connection_slope"):
-        if k in m:
-            bits.append(f"{k}={m[k]:.4g}")
-    lat = rec.get("latency_us", {}).get("latency")
-    if lat:
-        bits.append(f"p50={lat['p50']}us p99={lat['p99']}us")
+        v = value(rec, f"metrics.{k}") if report_schema.declared(scenario, f"metrics.{k}") else None
+        if v is not None:
+            bits.append(f"{k}={v:.4g}")
+    if report_schema.declared(scenario, "latency_us.latency"):
+        p50, p99 = value(rec, "latency_us.latency.p50"), value(rec, "latency_us.latency.p99")
+        if p50 is not None:
+            bits.append(f"p50={p50}us p99={p99}us")
     if rec.get("lost"):
         bits.append(f"lost={rec['lost']}")
     if rec.get("errors"):
@@ -455,7 +528,7 @@ def fanout_max_of(steps):
     ok = [x for x in steps if good(x)]
     if not ok:
         return None
-    return max(ok, key=lambda x: x["metrics"]["delivered_msgs_per_s"])
+    return max(ok, key=lambda x: value(x, "metrics.delivered_msgs_per_s"))
 
 
 def sc_latency(r, p, fp, rate):
@@ -598,10 +671,10 @@ def fanout_plots(out, steps, recipients, prefix="fanout", what=""):
         bad = [x for x in pts if x.get("ok") and not good(x)]
         lbl = DISPLAY[s]
         for key, dest in (("delivered_msgs_per_s", tput), ("server_cpu_s_per_million_deliveries", cpu)):
-            dest.append((lbl, colours[s], [(x["step_rate"] * recipients, x["metrics"].get(key)) for x in ok]))
+            dest.append((lbl, colours[s], [(x["step_rate"] * recipients, m(x, key)) for x in ok]))
             if bad:
                 dest.append((lbl + " invalid/loss", colours[s],
-                             [(x["step_rate"] * recipients, x["metrics"].get(key)) for x in bad], False))
+                             [(x["step_rate"] * recipients, m(x, key)) for x in bad], False))
     svg_lines(os.path.join(out, f"{prefix}_throughput.svg"),
               f"Fan-out{what}: delivered msgs/s against requested",
               "requested deliveries/s (publish rate x subscribers per channel)",
@@ -613,17 +686,24 @@ def fanout_plots(out, steps, recipients, prefix="fanout", what=""):
 
 # ---------------------------------------------------------------- report
 
+# Report values are read only through report_schema.value: None there means "no such run",
+# "the run has no report" or a value the schema declares legitimately absent; a key the
+# schema does not declare raises.
+
 def m(rec, key):
-    if not rec or not rec.get("ok"):
-        return None
-    return rec["metrics"].get(key)
+    """Headline number `key` of the run's report."""
+    return value(rec, f"metrics.{key}")
 
 
 def lat(rec, pct, key="latency"):
-    if not rec or not rec.get("ok"):
-        return None
-    l = rec.get("latency_us", {}).get(key)
-    return l[pct] / 1000.0 if l else None
+    """Latency percentile `pct` of summary `key`, in ms."""
+    v = value(rec, f"latency_us.{key}.{pct}")
+    return v / 1000.0 if v is not None else None
+
+
+def srv(rec, key):
+    """Server process figure `key` of the run's report."""
+    return value(rec, f"server.{key}")
 
 
 def ratio(a, b):
@@ -642,7 +722,14 @@ def status_word(rec):
     return s
 
 
-def write_report(out, setname, started, res, params, host_notes):
+def present(vals, pick):
+    """pick(...) of the values that are there, None when none is (no sentinel defaults)."""
+    vals = [v for v in vals if v is not None]
+    return pick(vals) if vals else None
+
+
+def write_report(out, setname, started, res, params, host_notes, records, superseded=()):
+    G = load_goals()
     rows, goals = [], []
 
     def row(what, rp, sk, better, note=""):
@@ -660,20 +747,24 @@ def write_report(out, setname, started, res, params, host_notes):
         row("Idle RSS per connection incl. baseline (bytes)",
             m(idle["ringpush"], "server_bytes_per_connection_total"),
             m(idle["sockudo"], "server_bytes_per_connection_total"), "lower")
-        met = rp is not None and sk is not None and rp <= 2048 and sk / rp >= 8
-        goals.append(("1. Idle memory <= 2 KiB/conn and >= 8x less than Sockudo", met,
+        g = G["idle_memory"]
+        r_ = ratio(sk, rp)
+        met = (rp is not None and r_ is not None and rp <= g["max_kib_per_connection"] * 1024
+               and r_ >= g["min_ratio"])
+        goals.append((goal_label(g), met,
                       f"ringpush {fmt(rp)} B, Sockudo {fmt(sk)} B, ratio {fmt(ratio(sk, rp))}x"))
     conn = res.get("connect")
     if conn:
-        best = {s: max((m(x, "connect_rate_achieved_per_s") or 0) for x in conn[s]) or None for s in SERVERS}
-        p99 = {s: min((lat(x, "p99", "connect") or 1e9) for x in conn[s]) for s in SERVERS}
+        best = {s: present((m(x, "connect_rate_achieved_per_s") for x in conn[s]), max) for s in SERVERS}
+        p99 = {s: present((lat(x, "p99", "connect") for x in conn[s]), min) for s in SERVERS}
         row("Connect rate, best run (conn/s)", best["ringpush"], best["sockudo"], "higher",
             f"n={params['connect']['n']} requested {params['connect']['rate']}/s; runs: " +
             "; ".join(f"{DISPLAY[s]} " + ", ".join(fmt(m(x, 'connect_rate_achieved_per_s')) for x in conn[s])
                       for s in SERVERS))
         row("Connect latency p99 (ms)", p99["ringpush"], p99["sockudo"], "lower")
         r_ = ratio(best["ringpush"], best["sockudo"])
-        goals.append(("4. Connect rate >= 2x Sockudo", r_ is not None and r_ >= 2,
+        g = G["connect"]
+        goals.append((goal_label(g), r_ is not None and r_ >= g["min_ratio"],
                       f"ringpush {fmt(best['ringpush'])}/s, Sockudo {fmt(best['sockudo'])}/s, ratio {fmt(r_)}x"))
     def fanout_rows(fo, label):
         mx = {s: fanout_max_of(fo[s]) for s in SERVERS}
@@ -721,8 +812,9 @@ def write_report(out, setname, started, res, params, host_notes):
             w1, wc, e1, e2 = fanout_rows(res["fanout_wide"], f" wide ({pw['n']} subs / {pw['k']} ch)")
             d1 += f" || wide config: {e1}"
             d2 += f" || wide config: {e2}"
-        goals.append(("2a. Fan-out max no-loss rate >= 2x Sockudo", r1 is not None and r1 >= 2, d1))
-        goals.append(("2b. Server CPU per delivery >= 3x lower", cr is not None and cr >= 3, d2))
+        g, h = G["fanout_max"], G["cpu_per_delivery"]
+        goals.append((goal_label(g), r1 is not None and r1 >= g["min_ratio"], d1))
+        goals.append((goal_label(h), cr is not None and cr >= h["min_ratio"], d2))
     la = res.get("latency")
     if la:
         rate, runs = la["rate"], la["runs"]
@@ -738,23 +830,27 @@ def write_report(out, setname, started, res, params, host_notes):
         p50, p99 = med[("ringpush", "p50")], med[("ringpush", "p99")]
         s99 = med[("sockudo", "p99")]
         n_good = sum(1 for x in runs["ringpush"] if good(x))
-        met = (p99 is not None and p50 and p99 <= 10 * p50 and n_good > 0 and
+        g = G["latency"]
+        met = (p99 is not None and p50 and p99 <= g["max_p99_over_p50"] * p50 and n_good > 0 and
                (s99 is None or p99 < s99))
-        goals.append(("3. Latency at half max: p99 < Sockudo p99 and p99 <= 10x p50", met,
+        goals.append((goal_label(g), met,
                       f"at {fmt(rate)} pub/s, medians of {len(runs['ringpush'])} runs each: ringpush "
                       f"p50 {fmt(p50)} ms p99 {fmt(p99)} ms (p99/p50 {fmt(ratio(p99, p50))}); "
-                      f"Sockudo p50 {fmt(med[('sockudo', 'p50')])} ms p99 {fmt(s99)} ms"))
+                      f"Sockudo p50 {fmt(med[('sockudo', 'p50')])} ms p99 {fmt(s99)} ms" +
+                      ("; Sockudo has no latency result (no report or nothing delivered), so only "
+                       "ringpush's p99/p50 was judged" if s99 is None else "")))
     cc = res.get("crosscore")
     if cc:
-        v = {w: [m(x, "server_cpu_s_per_million_deliveries") for x in cc["runs"][w] if good(x)]
+        v = {w: [c for c in (m(x, "server_cpu_s_per_million_deliveries") for x in cc["runs"][w] if good(x))
+                 if c is not None]
              for w in (1, 2)}
         med = {w: statistics.median(v[w]) if v[w] else None for w in (1, 2)}
         r_ = ratio(med[2], med[1])
         rows.append((f"ringpush CPU s/1M deliveries, workers=1 vs 2 at {fmt(cc['rate'])} pub/s",
                      med[1], med[2], r_, "w2/w1 (median of runs: " +
                      ", ".join(fmt(x) for x in v[1]) + " | " + ", ".join(fmt(x) for x in v[2]) + ")"))
-        goals.append(("5. Cross-core: CPU/delivery with 2 workers <= 1.15x 1 worker",
-                      r_ is not None and r_ <= 1.15,
+        g = G["crosscore"]
+        goals.append((goal_label(g), r_ is not None and r_ <= g["max_w2_over_w1"],
                       f"workers=1 {fmt(med[1])} s/1M, workers=2 {fmt(med[2])} s/1M, ratio {fmt(r_)}"))
     ce = res.get("client_events")
     if ce:
@@ -771,20 +867,20 @@ def write_report(out, setname, started, res, params, host_notes):
     sc = res.get("scale")
     if sc:
         n = params["scale"]["n"]
-        for s in SERVERS:
-            pass
         rp_ready, sk_ready = m(sc["ringpush"], "subscribers_ready"), m(sc["sockudo"], "subscribers_ready")
         row(f"Scale: subscribers ready of {n}", rp_ready, sk_ready, "higher")
         row("Scale: broadcast delivery ratio", m(sc["ringpush"], "delivery_ratio"),
             m(sc["sockudo"], "delivery_ratio"), "higher",
             f"{status_word(sc['ringpush'])} | {status_word(sc['sockudo'])}")
-        peak = {s: (sc[s].get("server_stats") or {}).get("rss_peak_bytes") if sc[s].get("ok") else None
-                for s in SERVERS}
+        peak = {s: srv(sc[s], "rss_peak_bytes") for s in SERVERS}
         row(f"Scale: server peak RSS with {n} connections (MiB)",
             peak["ringpush"] and peak["ringpush"] / 2**20, peak["sockudo"] and peak["sockudo"] / 2**20, "lower")
         slope = m(idle["ringpush"], "server_bytes_per_connection_slope") if idle else None
         rp = sc["ringpush"]
-        met = bool(rp.get("ok") and rp_ready == n and rp.get("clean") and m(rp, "delivery_ratio") == 1.0)
+        g = G["scale"]
+        dr = m(rp, "delivery_ratio")
+        met = bool(rp.get("ok") and rp.get("clean") and rp_ready is not None and dr is not None
+                   and rp_ready >= g["min_subscribed_fraction"] * n and dr >= g["min_delivery_ratio"])
         if slope is not None:
             user = slope * 1e6
             kern = 4096 * 1e6
@@ -797,7 +893,7 @@ def write_report(out, setname, started, res, params, host_notes):
                       f"and 1M ephemeral ports only matter for the clients (>= 36 source IPs at ~28k each)")
         else:
             detail = f"{fmt(rp_ready)} of {n} subscribed, {status_word(rp)}"
-        goals.append((f"6. Scale: {n} connections on one ringpush process all receive a broadcast", met, detail))
+        goals.append((goal_label(g, n=n), met, detail))
 
     lines = [f"# ringpush vs Sockudo — {setname} set, {started}", "",
              *host_notes, "",
@@ -821,24 +917,29 @@ def write_report(out, setname, started, res, params, host_notes):
         rec_per = params[key]["n"] / params[key]["k"]
         for s in SERVERS:
             for x in sorted(fo[s], key=lambda x: x["step_rate"]):
-                sv = (x.get("server_stats") or {}) if x.get("ok") else {}
-                hv = (x.get("harness") or {}) if x.get("ok") else {}
                 lines.append(
                     f"| {DISPLAY[s]} | {fmt(x['step_rate'])} | {fmt(x['step_rate'] * rec_per)} | "
                     f"{fmt(m(x, 'delivered_msgs_per_s'))} | {fmt(m(x, 'server_cpu_s_per_million_deliveries'))} | "
-                    f"{fmt(lat(x, 'p50'))} | {fmt(lat(x, 'p99'))} | {fmt(sv.get('cores_in_window'))} | "
-                    f"{fmt(hv.get('machine_cores_busy_in_window'))} | {status_word(x)} |")
+                    f"{fmt(lat(x, 'p50'))} | {fmt(lat(x, 'p99'))} | {fmt(srv(x, 'cores_in_window'))} | "
+                    f"{fmt(value(x, 'harness.machine_cores_busy_in_window'))} | {status_word(x)} |")
     lines += ["", "## All runs", "",
               "Busy before: machine cores busy (1 s sample) when the run started, after waiting up to "
               f"{QUIET_WAIT_S} s for it to drop below {QUIET_CORES}. A run is repeated (at most twice) when "
               f"the harness reports other processes using more than {DISTURBED_CORES} cores while it measured.", "",
               "| run | server | workers | load avg | busy before | verdict | notes |",
               "| --- | --- | ---: | ---: | ---: | --- | --- |"]
-    for x in RUNNER.records:
-        notes = "; ".join(x.get("notes", []))[:300] or x.get("error", "")
-        lines.append(f"| [{x['name']}]({x['dir']}/summary.txt) | {DISPLAY[x['server']]} | {x['workers']} | "
-                     f"{x['loadavg_before']:.2f} | {x.get('busy_cores_before', float('nan')):.2f} | "
-                     f"{status_word(x)} | {notes.replace('|', '/')} |")
+    # Each run's last attempt, preceded by its earlier (disturbed, repeated) attempts if any.
+    earlier = list(superseded)
+    for rec in records:
+        key = (rec["name"], rec["server"], rec["workers"])
+        before = [x for x in earlier if (x["name"], x["server"], x["workers"]) == key]
+        earlier = [x for x in earlier if x not in before]
+        for x in before + [rec]:
+            notes = "; ".join(x.get("notes", []))[:300] or x.get("error", "")
+            name = x["name"] if x.get("attempt", 1) == 1 and x is rec else f"{x['name']} (attempt {x['attempt']})"
+            lines.append(f"| {name} | {DISPLAY[x['server']]} | {x['workers']} | "
+                         f"{x['loadavg_before']:.2f} | {x.get('busy_cores_before', float('nan')):.2f} | "
+                         f"{status_word(x)} | {notes.replace('|', '/')} |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "comparison.md"), "w") as f:
         f.write(text)
@@ -857,15 +958,145 @@ def status_counts(recs):
 
 
 def srv_cpu(rec):
-    if not rec or not rec.get("ok") or not rec.get("server_stats"):
-        return None
-    return rec["server_stats"].get("cpu_seconds_window")
+    return srv(rec, "cpu_seconds_window")
 
 
 # ---------------------------------------------------------------- main
 
 BIN = {}
 RUNNER = None
+
+
+def state_records(node, where):
+    """(place, record) for every run record inside state.json's `res` section."""
+    if isinstance(node, dict):
+        if "args" in node and "ok" in node:
+            yield where, node
+            return
+        for k, v in node.items():
+            yield from state_records(v, f"{where}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from state_records(v, f"{where}[{i}]")
+
+
+def self_test():
+    """Checks the report schema (perf/report_schema.py), the goals file and the --report-only
+    path on made-up data: a report or state.json record with a missing or mistyped key must be
+    rejected with a message naming the file and the key. Exits non-zero on a failure."""
+    import copy
+    checks = 0
+    with tempfile.TemporaryDirectory(prefix="compare-self-test-") as tmp:
+        checks += report_schema.self_test(tmp)
+
+        # The real goals file loads; one that lacks a threshold is rejected, naming the key.
+        goals = load_goals()
+        checks += 1
+        broken = os.path.join(tmp, "goals.toml")
+        with open(GOALS_FILE) as f:
+            text = f.read()
+        with open(broken, "w") as f:
+            f.write(re.sub(r"(?m)^max_w2_over_w1 = .*$", "", text))
+        try:
+            load_goals(broken)
+            raise AssertionError("a goals file without crosscore.max_w2_over_w1 was accepted")
+        except GoalsError as e:
+            assert broken in str(e) and "crosscore.max_w2_over_w1" in str(e), str(e)
+        checks += 1
+        assert goal_label(goals["idle_memory"]).startswith("1. "), goal_label(goals["idle_memory"])
+
+        # --report-only end to end: a good state.json gives a comparison.md, a record that lost
+        # a key stops it with a non-zero exit and a message naming state.json and the key.
+        rep = report_schema._sample_report()
+        idle = copy.deepcopy(rep)
+        idle["scenario"] = "idle"
+        idle["metrics"] = {"connections_half": 8000.0, "connections_full": 16000.0,
+                           "server_bytes_per_connection_slope": 1300.0,
+                           "server_bytes_per_connection_total": 1400.0}
+        idle["latency_us"] = {}
+        recs = {s: {"name": "idle", "server": s, "workers": 2, "attempt": 1, "args": ["idle", "-n", "16000"],
+                    "loadavg_before": 0.1, "busy_cores_before": 0.0, "dir": f"runs/idle.{s}",
+                    "ok": True, "disturbed": False, **report_schema.record_fields(idle)}
+                for s in SERVERS}
+        recs["sockudo"]["metrics"] = dict(recs["sockudo"]["metrics"], server_bytes_per_connection_slope=150000.0)
+        state = {"set": "quick", "started": "2000-01-01 00:00", "params": {"idle": {"n": 16000, "k": 10}},
+                 "host_notes": ["- self-test"], "res": {"idle": recs}, "records": list(recs.values())}
+
+        def run_report_only(st, name):
+            d = os.path.join(tmp, name)
+            os.makedirs(d)
+            with open(os.path.join(d, "state.json"), "w") as f:
+                json.dump(st, f)
+            p = subprocess.run([sys.executable, os.path.abspath(__file__), "--report-only", d],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+            return d, p
+
+        d, p = run_report_only(state, "good")
+        assert p.returncode == 0, p.stderr
+        with open(os.path.join(d, "comparison.md")) as f:
+            md = f.read()
+        assert "| 1. Idle memory <= 2 KiB/conn and >= 8x less than Sockudo | met |" in md, md
+        checks += 1
+
+        bad = copy.deepcopy(state)
+        del bad["records"][1]["metrics"]["server_bytes_per_connection_slope"]
+        d, p = run_report_only(bad, "missing-key")
+        assert p.returncode != 0, "a state.json record without its idle slope was accepted"
+        for needle in (os.path.join(d, "state.json"), "records[1]",
+                       "key metrics.server_bytes_per_connection_slope",
+                       "required when metrics.connections_full > metrics.connections_half"):
+            assert needle in p.stderr, f"{needle!r} not in {p.stderr!r}"
+        assert not os.path.exists(os.path.join(d, "comparison.md")), "comparison.md written anyway"
+        checks += 1
+
+        ok = copy.deepcopy(state)
+        ok["res"]["idle"]["sockudo"] = ok["records"][1] = {
+            "name": "idle", "server": "sockudo", "workers": 2, "attempt": 1, "args": ["idle"],
+            "loadavg_before": 0.1, "busy_cores_before": 0.0, "ok": False,
+            "error": "sockudo did not come up within 30 s"}
+        d, p = run_report_only(ok, "sockudo-failed")
+        assert p.returncode == 0, p.stderr
+        with open(os.path.join(d, "comparison.md")) as f:
+            md = f.read()
+        assert "| 1. Idle memory <= 2 KiB/conn and >= 8x less than Sockudo | MISSED |" in md, md
+        assert "| idle | Sockudo | 2 | 0.10 | 0.00 | failed | sockudo did not come up within 30 s |" in md, md
+        checks += 1
+    print(f"compare.py self-test: {checks} checks passed")
+
+
+def report_only(d):
+    """Rewrites d/comparison.md and the fan-out plots from d/state.json, after checking
+    every run record in it against perf/report_schema.py."""
+    path = os.path.join(d, "state.json")
+    try:
+        with open(path) as f:
+            st = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SchemaError(f"{path}: cannot read: {e}") from None
+    for k in ("set", "started", "params", "host_notes", "res", "records"):
+        if k not in st:
+            raise SchemaError(f"{path}: key {k}: missing")
+    # `superseded` (disturbed attempts that were repeated) is written since the raw output
+    # moved out of the results directory; older state.json files have none recorded here
+    # (their runs.jsonl held every attempt).
+    superseded = st.get("superseded", [])
+    for i, rec in enumerate(st["records"]):
+        report_schema.check_record(rec, f"{path}: records[{i}]")
+    for i, rec in enumerate(superseded):
+        report_schema.check_record(rec, f"{path}: superseded[{i}]")
+    for where, rec in state_records(st["res"], "res"):
+        report_schema.check_record(rec, f"{path}: {where}")
+    res = st["res"]
+    for key in ("crosscore",):
+        if key in res:  # JSON turned the worker-count keys into strings
+            res[key]["runs"] = {int(k): v for k, v in res[key]["runs"].items()}
+    for key in ("fanout", "fanout_wide"):
+        if key in res:
+            p = st["params"][key]
+            fanout_plots(d, res[key], p["n"] / p["k"], key,
+                         f"{' wide' if key == 'fanout_wide' else ''} ({p['n']} subs, {p['k']} ch)")
+    print(write_report(d, st["set"], st["started"], res, st["params"], st["host_notes"],
+                       st["records"], superseded))
 ORDER = ["idle", "connect", "fanout", "fanout_wide", "latency", "crosscore", "client_events", "presence", "scale"]
 
 
@@ -876,25 +1107,22 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated subset of: " + ",".join(ORDER))
     ap.add_argument("--out", default=None, help="results directory (default perf/results/<timestamp>)")
     ap.add_argument("--no-latest", action="store_true", help="do not point perf/results/latest here")
+    ap.add_argument("--raw-dir", metavar="DIR",
+                    help="keep the raw per-run output (harness JSON, summaries and plots, server logs, "
+                         "runs.jsonl) in DIR; default: a temporary directory, deleted at the end "
+                         "unless a run failed")
     ap.add_argument("--report-only", metavar="DIR",
                     help="rewrite DIR/comparison.md (and plots) from DIR/state.json without running anything")
+    ap.add_argument("--self-test", action="store_true",
+                    help="check perf/report_schema.py and perf/goals.toml (no servers needed) and exit")
     a = ap.parse_args()
-    if a.report_only:
-        with open(os.path.join(a.report_only, "state.json")) as f:
-            st = json.load(f)
-        RUNNER = Runner.__new__(Runner)
-        RUNNER.records = st["records"]
-        res = st["res"]
-        for key in ("crosscore",):
-            if key in res:  # JSON turned the worker-count keys into strings
-                res[key]["runs"] = {int(k): v for k, v in res[key]["runs"].items()}
-        for key in ("fanout", "fanout_wide"):
-            if key in res:
-                p = st["params"][key]
-                fanout_plots(a.report_only, res[key], p["n"] / p["k"], key,
-                             f"{' wide' if key == 'fanout_wide' else ''} ({p['n']} subs, {p['k']} ch)")
-        print(write_report(a.report_only, st["set"], st["started"], res, st["params"], st["host_notes"]))
+    if a.self_test:
+        self_test()
         return
+    if a.report_only:
+        report_only(a.report_only)
+        return
+    load_goals()  # a broken goals file stops us before the runs, not after
 
     BIN["ringpush"] = os.environ.get("RINGPUSH_BIN", os.path.join(REPO, "target/release/ringpush"))
     BIN["sockudo"] = os.environ.get("SOCKUDO_BIN", "/work/peers/sockudo/bin/sockudo")
@@ -915,10 +1143,16 @@ def main():
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = a.out or os.path.join(HERE, "results", stamp)
     os.makedirs(out, exist_ok=True)
-    RUNNER = Runner(out, harness, workers)
+    if a.raw_dir:
+        raw = a.raw_dir
+        os.makedirs(raw, exist_ok=True)
+    else:
+        raw = tempfile.mkdtemp(prefix=f"ringpush-compare-{stamp}-")
+    RUNNER = Runner(raw, harness, workers)
     t0 = time.time()
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    log(f"results in {out}; set {a.set}; workers {workers}; nofile {nofile}; load {loadavg():.2f}")
+    log(f"results in {out}; raw per-run output in {raw}; set {a.set}; workers {workers}; "
+        f"nofile {nofile}; load {loadavg():.2f}")
     host_notes = [
         f"- Machine: {os.cpu_count()} cores, `uname -r` {os.uname().release}, open-file limit {nofile}; "
         f"load average at start {loadavg():.2f}.",
@@ -931,6 +1165,7 @@ def main():
 
     res = {}
     fp = params["fanout"]
+    finished = False
     try:
         for sc in only:
             if sc == "idle":
@@ -967,6 +1202,7 @@ def main():
                 log("scenario presence-churn"); res["presence"] = sc_presence(RUNNER, params["presence"])
             elif sc == "scale" and params.get("scale"):
                 log("scenario scale"); res["scale"] = sc_scale(RUNNER, params["scale"])
+        finished = True
     finally:
         host_notes.append(f"- Wall time of the whole comparison: {(time.time() - t0) / 60:.1f} min; "
                           f"load average at the end {loadavg():.2f}.")
@@ -975,8 +1211,18 @@ def main():
                        "harness": harness}, f, indent=2)
         with open(os.path.join(out, "state.json"), "w") as f:
             json.dump({"set": a.set, "started": started, "params": params, "host_notes": host_notes,
-                       "res": res, "records": RUNNER.records}, f)
-        text = write_report(out, a.set, started, res, params, host_notes)
+                       "res": res, "records": RUNNER.records, "superseded": RUNNER.superseded}, f)
+        RUNNER.runlog.close()
+        failed = [x for x in RUNNER.records + RUNNER.superseded if not x.get("ok")]
+        if a.raw_dir:
+            log(f"raw per-run output kept in {raw}")
+        elif failed or not finished:
+            log(f"raw per-run output kept in {raw} ("
+                + (f"{len(failed)} run(s) without a report" if failed else "the comparison stopped early")
+                + "); delete it when done")
+        else:
+            shutil.rmtree(raw, ignore_errors=True)
+        text = write_report(out, a.set, started, res, params, host_notes, RUNNER.records, RUNNER.superseded)
         if not a.no_latest and not a.out:
             latest = os.path.join(HERE, "results", "latest")
             if os.path.islink(latest) or os.path.isfile(latest):
@@ -989,4 +1235,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (SchemaError, GoalsError) as e:
+        print(f"compare: {e}", file=sys.stderr)
+        sys.exit(2)
