@@ -6,6 +6,7 @@
 //! - [`raw`]: raw TCP and hand-built WebSocket frames ([`Raw`], [`RawWs`], [`build_frame`]).
 //! - [`http`]: the HTTP client and the signed API client ([`HttpConn`], [`HttpResponse`], [`Api`]).
 //! - [`sign`]: digests and request signing ([`hmac_hex`], [`md5_hex`], [`SignOpts`]).
+//! - [`webhook`]: a webhook receiver ([`WebhookReceiver`], [`Hook`], [`Reply`]).
 //! - [`util`]: the wait limit, unique names and polling ([`WAIT`], [`uniq`], [`poll_until`]).
 // Each test binary uses only some of the helpers, and so only some of these re-exports.
 #![allow(dead_code, unused_imports)]
@@ -16,6 +17,7 @@ mod raw;
 mod server;
 mod sign;
 mod util;
+mod webhook;
 
 pub use client::*;
 pub use http::*;
@@ -23,3 +25,4 @@ pub use raw::*;
 pub use server::*;
 pub use sign::*;
 pub use util::*;
+pub use webhook::*;
