@@ -74,6 +74,8 @@ async fn occupied_once_for_subscribers_on_both_shards() {
     a.assert_alive().await;
     b.unsubscribe("two-shards").await;
     recv.wait_event("channel_vacated", "two-shards").await;
+    // Timed: requests are concurrent and unordered, so no later webhook is a barrier; 1.5 s
+    // is longer than the 1 s webhook_delay an extra vacated would wait out.
     let rest = recv.collect(Duration::from_millis(1500)).await;
     assert!(
         !rest.iter().any(|e| e["channel"] == "two-shards"),
@@ -90,7 +92,10 @@ async fn quick_return_suppresses_vacated() {
     recv.wait_event("channel_occupied", "flappy").await;
     c.unsubscribe("flappy").await;
     c.subscribe("flappy").await;
-    // webhook_delay is 1 s: nothing about "flappy" may arrive in the next 2.5 s.
+    // webhook_delay is 1 s: nothing about "flappy" may arrive in the next 2.5 s. Timed: the
+    // vacated would be sent by the side-car's delay timer, and requests are unordered, so no
+    // later webhook is a barrier (and leaving again at once would replace a pending vacated
+    // instead of adding a second one).
     let evs = recv.collect(Duration::from_millis(2500)).await;
     assert!(
         !evs.iter()
@@ -125,6 +130,8 @@ async fn member_added_and_removed_hooks() {
         ev,
         json!({"name":"member_removed","channel":"presence-hooks","user_id":"u1"})
     );
+    // Timed: requests are concurrent and unordered, so no later webhook is a barrier; 1.5 s
+    // is longer than the 1 s webhook_delay an extra member_removed would wait out.
     let rest = recv.collect(Duration::from_millis(1500)).await;
     let members: Vec<&Value> = rest
         .iter()
@@ -207,6 +214,8 @@ async fn filters_event_types_and_custom_headers() {
         json!({"name":"channel_occupied","channel":"presence-filtered"})
     );
     c.unsubscribe("presence-filtered").await;
+    // Timed: a hook that slipped through a filter would be a request of its own, unordered
+    // against any later one; 2.5 s covers the 1 s webhook_delay of the vacated and removed.
     let rest = recv.collect(Duration::from_millis(2500)).await;
     assert!(rest.is_empty(), "filtered out: {rest:?}");
 }

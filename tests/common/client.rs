@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
 
 use super::server::{App, Server};
-use super::util::{QUIET, WAIT};
+use super::util::WAIT;
 
 /// tokio-tungstenite client stream.
 pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -283,13 +283,6 @@ impl Client {
             "socket {}: unexpected events {seen:?}",
             self.socket_id
         );
-    }
-
-    /// Nothing at all arrives within `QUIET`.
-    pub async fn assert_quiet(&mut self) {
-        if let Some(f) = self.next_frame(QUIET).await {
-            panic!("socket {}: expected silence, got {f:?}", self.socket_id);
-        }
     }
 
     /// Sends pusher:subscribe with optional auth and channel_data.

@@ -3,6 +3,7 @@
 //!
 //! - [`server`]: the config ([`Config`], [`App`]) and the server process ([`Server`]).
 //! - [`client`]: the WebSocket client ([`Client`], [`Frame`], [`recv_event`], ...).
+//! - [`barrier`]: barriers for "nothing else arrives" checks ([`publish_barrier`], ...).
 //! - [`raw`]: raw TCP and hand-built WebSocket frames ([`Raw`], [`RawWs`], [`build_frame`]).
 //! - [`http`]: the HTTP client and the signed API client ([`HttpConn`], [`HttpResponse`], [`Api`]).
 //! - [`sign`]: digests and request signing ([`hmac_hex`], [`md5_hex`], [`SignOpts`]).
@@ -11,6 +12,7 @@
 // Each test binary uses only some of the helpers, and so only some of these re-exports.
 #![allow(dead_code, unused_imports)]
 
+mod barrier;
 mod client;
 mod http;
 mod raw;
@@ -19,6 +21,7 @@ mod sign;
 mod util;
 mod webhook;
 
+pub use barrier::*;
 pub use client::*;
 pub use http::*;
 pub use raw::*;

@@ -7,9 +7,6 @@ use std::time::{Duration, Instant};
 /// How long any single awaited frame or response may take before a test fails.
 pub const WAIT: Duration = Duration::from_secs(5);
 
-/// How long a "nothing else arrives" check listens.
-pub const QUIET: Duration = Duration::from_millis(300);
-
 /// Source of [`uniq`] numbers, shared by everything in one test binary.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
