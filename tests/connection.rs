@@ -310,7 +310,9 @@ async fn handshake_timeout_closes_half_finished_upgrade() {
         "idle TCP connection must be closed after handshake_timeout"
     );
 
-    // Completed WebSocket connections are not subject to the handshake timeout.
+    // Completed WebSocket connections are not subject to the handshake timeout. Timed, not a
+    // barrier: the close would come from c's own 1 s deadline, so only waiting past it shows
+    // that none is armed.
     let mut c = server.connect().await;
     if let Some(f) = c.next_frame(Duration::from_millis(1500)).await {
         panic!("unexpected {f:?}");

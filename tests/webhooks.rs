@@ -3,178 +3,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-
-/// One webhook POST as received.
-#[derive(Debug, Clone)]
-struct Hook {
-    path: String,
-    headers: Vec<(String, String)>,
-    raw: Vec<u8>,
-    body: Value,
-}
-
-impl Hook {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A local webhook receiver; answers 500 to the first `fail_first` requests.
-struct Receiver {
-    addr: SocketAddr,
-    rx: mpsc::UnboundedReceiver<Hook>,
-    /// Events not yet consumed, flattened from received bodies.
-    pending: Vec<(Hook, Value)>,
-}
-
-impl Receiver {
-    async fn start(fail_first: usize) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let served = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let tx = tx.clone();
-                let served = served.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        let head_end = loop {
-                            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break p;
-                            }
-                            let mut tmp = [0u8; 8192];
-                            match sock.read(&mut tmp).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                        buf.drain(..head_end + 4);
-                        let mut lines = head.split("\r\n");
-                        let request_line = lines.next().unwrap_or("").to_string();
-                        let headers: Vec<(String, String)> = lines
-                            .filter_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                            })
-                            .collect();
-                        let len: usize = headers
-                            .iter()
-                            .find(|(k, _)| k == "content-length")
-                            .and_then(|(_, v)| v.parse().ok())
-                            .unwrap_or(0);
-                        while buf.len() < len {
-                            let mut tmp = [0u8; 8192];
-                            match sock.read(&mut tmp).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                            }
-                        }
-                        let raw: Vec<u8> = buf.drain(..len).collect();
-                        let n = served.fetch_add(1, Ordering::SeqCst);
-                        let status = if n < fail_first {
-                            "500 Internal Server Error"
-                        } else {
-                            "200 OK"
-                        };
-                        let resp = format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\n\r\n{{}}");
-                        let _ = sock.write_all(resp.as_bytes()).await;
-                        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-                        let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
-                        let _ = tx.send(Hook {
-                            path,
-                            headers,
-                            raw,
-                            body,
-                        });
-                    }
-                });
-            }
-        });
-        Receiver {
-            addr,
-            rx,
-            pending: Vec::new(),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
-    }
-
-    /// Next raw webhook request within `limit`.
-    async fn next_hook(&mut self, limit: Duration) -> Option<Hook> {
-        tokio::time::timeout(limit, self.rx.recv())
-            .await
-            .ok()
-            .flatten()
-    }
-
-    /// Waits for an event matching `pred`, returning it with its request.
-    /// Other events are kept for later calls.
-    async fn wait_for(&mut self, limit: Duration, pred: impl Fn(&Value) -> bool) -> (Hook, Value) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(i) = self.pending.iter().position(|(_, e)| pred(e)) {
-                return self.pending.remove(i);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let hook = self.next_hook(left).await.unwrap_or_else(|| {
-                panic!("no matching webhook; unmatched so far: {:?}", self.events())
-            });
-            let events = hook.body["events"].as_array().cloned().unwrap_or_default();
-            for e in events {
-                self.pending.push((hook.clone(), e));
-            }
-        }
-    }
-
-    /// Waits for the event `{"name":name,"channel":channel,...}`.
-    async fn wait_event(&mut self, name: &str, channel: &str) -> (Hook, Value) {
-        self.wait_for(Duration::from_secs(8), |e| {
-            e["name"] == name && e["channel"] == channel
-        })
-        .await
-    }
-
-    /// Collects everything that arrives within `window` (for negative checks).
-    async fn collect(&mut self, window: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + window;
-        while let Some(hook) = self
-            .next_hook(deadline.saturating_duration_since(Instant::now()))
-            .await
-        {
-            for e in hook.body["events"].as_array().cloned().unwrap_or_default() {
-                self.pending.push((hook.clone(), e));
-            }
-        }
-        self.events()
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.pending.iter().map(|(_, e)| e.clone()).collect()
-    }
-}
 
 fn hooked_app(url: &str, extra_hook_lines: &str) -> App {
     App::default().with("webhook_delay", 1).webhook(&format!(
@@ -210,7 +42,7 @@ fn check_signed(hook: &Hook, app: &App) {
 
 #[tokio::test]
 async fn channel_occupied_and_vacated_are_signed() {
-    let mut recv = Receiver::start(0).await;
+    let mut recv = WebhookReceiver::start().await;
     let app = hooked_app(&recv.url(), "");
     let server = Server::start_with(Config::with_app(app.clone()));
     let mut c = server.connect().await;
@@ -231,7 +63,7 @@ async fn channel_occupied_and_vacated_are_signed() {
 
 #[tokio::test]
 async fn occupied_once_for_subscribers_on_both_shards() {
-    let mut recv = Receiver::start(0).await;
+    let mut recv = WebhookReceiver::start().await;
     let server = Server::start_with(Config::with_app(hooked_app(&recv.url(), "")));
     let mut a = server.connect_on_shard(0).await;
     let mut b = server.connect_on_shard(1).await;
@@ -242,6 +74,8 @@ async fn occupied_once_for_subscribers_on_both_shards() {
     a.assert_alive().await;
     b.unsubscribe("two-shards").await;
     recv.wait_event("channel_vacated", "two-shards").await;
+    // Timed: requests are concurrent and unordered, so no later webhook is a barrier; 1.5 s
+    // is longer than the 1 s webhook_delay an extra vacated would wait out.
     let rest = recv.collect(Duration::from_millis(1500)).await;
     assert!(
         !rest.iter().any(|e| e["channel"] == "two-shards"),
@@ -251,14 +85,17 @@ async fn occupied_once_for_subscribers_on_both_shards() {
 
 #[tokio::test]
 async fn quick_return_suppresses_vacated() {
-    let mut recv = Receiver::start(0).await;
+    let mut recv = WebhookReceiver::start().await;
     let server = Server::start_with(Config::with_app(hooked_app(&recv.url(), "")));
     let mut c = server.connect().await;
     c.subscribe("flappy").await;
     recv.wait_event("channel_occupied", "flappy").await;
     c.unsubscribe("flappy").await;
     c.subscribe("flappy").await;
-    // webhook_delay is 1 s: nothing about "flappy" may arrive in the next 2.5 s.
+    // webhook_delay is 1 s: nothing about "flappy" may arrive in the next 2.5 s. Timed: the
+    // vacated would be sent by the side-car's delay timer, and requests are unordered, so no
+    // later webhook is a barrier (and leaving again at once would replace a pending vacated
+    // instead of adding a second one).
     let evs = recv.collect(Duration::from_millis(2500)).await;
     assert!(
         !evs.iter()
@@ -271,7 +108,7 @@ async fn quick_return_suppresses_vacated() {
 
 #[tokio::test]
 async fn member_added_and_removed_hooks() {
-    let mut recv = Receiver::start(0).await;
+    let mut recv = WebhookReceiver::start().await;
     let server = Server::start_with(Config::with_app(hooked_app(&recv.url(), "")));
     let app = server.app();
     let mut a = server.connect_on_shard(0).await;
@@ -293,6 +130,8 @@ async fn member_added_and_removed_hooks() {
         ev,
         json!({"name":"member_removed","channel":"presence-hooks","user_id":"u1"})
     );
+    // Timed: requests are concurrent and unordered, so no later webhook is a barrier; 1.5 s
+    // is longer than the 1 s webhook_delay an extra member_removed would wait out.
     let rest = recv.collect(Duration::from_millis(1500)).await;
     let members: Vec<&Value> = rest
         .iter()
@@ -306,7 +145,7 @@ async fn member_added_and_removed_hooks() {
 
 #[tokio::test]
 async fn client_event_hook_has_socket_id_and_presence_user_id() {
-    let mut recv = Receiver::start(0).await;
+    let mut recv = WebhookReceiver::start().await;
     let server = Server::start_with(Config::with_app(hooked_app(&recv.url(), "")));
     let app = server.app();
     let mut a = server.connect().await;
@@ -344,7 +183,7 @@ async fn client_event_hook_has_socket_id_and_presence_user_id() {
 
 #[tokio::test]
 async fn cache_miss_hook() {
-    let mut recv = Receiver::start(0).await;
+    let mut recv = WebhookReceiver::start().await;
     let server = Server::start_with(Config::with_app(hooked_app(&recv.url(), "")));
     let mut c = server.connect().await;
     c.subscribe("cache-hooked").await;
@@ -355,7 +194,7 @@ async fn cache_miss_hook() {
 
 #[tokio::test]
 async fn filters_event_types_and_custom_headers() {
-    let mut recv = Receiver::start(0).await;
+    let mut recv = WebhookReceiver::start().await;
     let lines = "event_types = [\"channel_occupied\"]\nfilter = { prefix = \"presence-\", suffix = \"\" }\nheaders = { \"X-Extra\" = \"1\" }";
     let server = Server::start_with(Config::with_app(hooked_app(&recv.url(), lines)));
     let app = server.app();
@@ -375,13 +214,17 @@ async fn filters_event_types_and_custom_headers() {
         json!({"name":"channel_occupied","channel":"presence-filtered"})
     );
     c.unsubscribe("presence-filtered").await;
+    // Timed: a hook that slipped through a filter would be a request of its own, unordered
+    // against any later one; 2.5 s covers the 1 s webhook_delay of the vacated and removed.
     let rest = recv.collect(Duration::from_millis(2500)).await;
     assert!(rest.is_empty(), "filtered out: {rest:?}");
 }
 
 #[tokio::test]
 async fn failed_delivery_is_retried() {
-    let mut recv = Receiver::start(1).await;
+    // 500 to the first request, 200 after.
+    let mut recv =
+        WebhookReceiver::replying(|n| Reply::Status(if n == 0 { 500 } else { 200 })).await;
     let server = Server::start_with(Config::with_app(hooked_app(&recv.url(), "")));
     let mut c = server.connect().await;
     c.subscribe("retry-me").await;
@@ -402,7 +245,7 @@ async fn failed_delivery_is_retried() {
 
 #[tokio::test]
 async fn batched_webhooks_carry_all_events() {
-    let mut recv = Receiver::start(0).await;
+    let mut recv = WebhookReceiver::start().await;
     let app = hooked_app(&recv.url(), "").with("batch_webhooks", true);
     let server = Server::start_with(Config::with_app(app.clone()));
     let mut c = server.connect().await;
@@ -420,8 +263,8 @@ async fn batched_webhooks_carry_all_events() {
 #[tokio::test]
 async fn a_dead_endpoint_does_not_starve_other_webhooks_of_slots() {
     // Two delivery slots in all; app "dead" has an endpoint that always answers 500.
-    let mut dead = Receiver::start(usize::MAX).await;
-    let mut good = Receiver::start(0).await;
+    let mut dead = WebhookReceiver::replying(|_| Reply::Status(500)).await;
+    let mut good = WebhookReceiver::start().await;
     let dead_app = App::new("dead-id", "dead-key", "dead-secret").webhook(&format!(
         "url = {}",
         serde_json::to_string(&dead.url()).unwrap()
@@ -456,7 +299,7 @@ async fn a_dead_endpoint_does_not_starve_other_webhooks_of_slots() {
 
 #[tokio::test]
 async fn subscription_count_hooks_follow_every_change_down_to_zero() {
-    let mut recv = Receiver::start(0).await;
+    let mut recv = WebhookReceiver::start().await;
     let app = hooked_app(&recv.url(), "event_types = [\"subscription_count\"]")
         .with("subscription_count", true);
     let server = Server::start_with(Config::with_app(app));
