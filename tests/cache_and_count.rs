@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn empty_cache_channel_sends_cache_miss_after_succeeded() {
@@ -202,4 +202,68 @@ async fn subscription_count_off_by_default() {
     b.assert_alive().await;
     // Sound: a count would be published by the home shard handling those deltas, before the query.
     home_barrier(&server.api(), "uncounted", &mut [&mut a, &mut b]).await;
+}
+
+/// Reads text frames from `ws` until one satisfies `last`; returns the events before it.
+async fn events_until(ws: &mut RawWs, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut before = Vec::new();
+    loop {
+        let f = ws
+            .read_frame(WAIT)
+            .await
+            .expect("a frame before the timeout");
+        if f.opcode != 1 {
+            continue;
+        }
+        let ev: Value = serde_json::from_slice(&f.payload).expect("JSON event");
+        if last(&ev) {
+            return before;
+        }
+        before.push(ev);
+    }
+}
+
+/// Once a connection's unsubscribe has been handled, no frame of that channel reaches it, not
+/// even the subscription count its own subscribe caused. Subscribe, unsubscribe and ping go in
+/// one write so the shard handles them together; then the channel's home has handled both
+/// deltas (a query it answers in order), and a marker on a second channel, queued behind any
+/// count it published, closes the window.
+#[tokio::test]
+async fn no_subscription_count_after_unsubscribe_is_handled() {
+    let server = counting();
+    let api = server.api();
+    for round in 0..12 {
+        let mut ws = RawWs::connect(&server).await;
+        let marker_channel = uniq("marker-");
+        let sub = |c: &str| format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{c}"}}}}"#);
+        ws.send(1, sub(&marker_channel).as_bytes()).await;
+        events_until(&mut ws, |e| {
+            e["event"] == "pusher_internal:subscription_succeeded"
+        })
+        .await;
+        let channel = uniq("quick-");
+        let unsub = format!(r#"{{"event":"pusher:unsubscribe","data":{{"channel":"{channel}"}}}}"#);
+        let mut burst = build_frame(0x81, sub(&channel).as_bytes(), true);
+        burst.extend(build_frame(0x81, unsub.as_bytes(), true));
+        burst.extend(build_frame(
+            0x81,
+            br#"{"event":"pusher:ping","data":{}}"#,
+            true,
+        ));
+        assert!(ws.write(&burst).await);
+        let mut seen = events_until(&mut ws, |e| e["event"] == "pusher:pong").await;
+        api.channel_info(&channel, "").await;
+        api.trigger(&marker_channel, "marker", "m").await;
+        seen.extend(events_until(&mut ws, |e| e["event"] == "marker").await);
+        let late: Vec<&Value> = seen
+            .iter()
+            .filter(|e| {
+                e["event"] == "pusher_internal:subscription_count" && e["channel"] == channel
+            })
+            .collect();
+        assert!(
+            late.is_empty(),
+            "round {round}: {late:?} after the unsubscribe"
+        );
+    }
 }
