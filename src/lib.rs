@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod bus;
 pub mod channels;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod ids;
