@@ -11,8 +11,8 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use futures_channel::oneshot;
 
-use crate::channels::home::{ChannelFacts, Delta, Origin};
-use crate::ids::{AppIdx, ConnRef, ShardId};
+use crate::channels::home::{ChannelFacts, Delta, Origin, SnapEntry};
+use crate::ids::{AppIdx, ConnRef, NodeId, ShardId};
 use crate::protocol::message::Member;
 
 /// An event going to every subscriber of a channel on a shard. One allocation, shared by all shards.
@@ -125,6 +125,23 @@ pub enum BusMsg {
     },
     /// A question with a oneshot answer.
     Query(Query),
+    /// From the cluster side-car: another node is gone; drop its contribution here.
+    DropOrigin(Origin),
+    /// From the cluster side-car: another node's state for the keys of one of its pieces.
+    ReplaceOrigin {
+        /// The node.
+        origin: Origin,
+        /// Which piece (the node's home shard).
+        piece: u16,
+        /// How many pieces (the node's shard count).
+        pieces: u16,
+        /// Its entries, shared by every shard.
+        entries: Arc<Vec<SnapEntry>>,
+    },
+    /// From the cluster side-car: send this node's contribution homed here to the other nodes.
+    SnapshotRequest,
+    /// From the cluster side-car: the live nodes, for webhook leadership.
+    Nodes(Arc<Vec<NodeId>>),
     /// Stop accepting, ask clients to reconnect, and exit.
     Shutdown,
 }

@@ -17,6 +17,44 @@ pub struct Config {
     /// The applications this server serves; at least one.
     #[serde(default)]
     pub apps: Vec<AppConfig>,
+    /// Running as one node of a cluster (`[cluster]`); absent means a single node.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// How nodes share state (`[cluster]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `local` (one node, no broker) or `redis`.
+    pub adapter: Adapter,
+    /// The broker, `redis://` or `rediss://`, user and password in the URL.
+    pub url: String,
+    /// Namespaces the broker channel, so clusters can share one Redis.
+    pub prefix: String,
+    /// Seconds of silence after which a node's state is dropped.
+    pub node_timeout: u64,
+}
+
+/// The cluster adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Adapter {
+    /// A single node.
+    Local,
+    /// Nodes sharing a Redis server.
+    Redis,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            adapter: Adapter::Local,
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "ringpush".into(),
+            node_timeout: 10,
+        }
+    }
 }
 
 /// Process-wide settings (`[server]`).
@@ -246,6 +284,7 @@ impl Config {
                 secret: "app-secret".into(),
                 ..AppConfig::default()
             }],
+            cluster: ClusterConfig::default(),
         }
     }
 
@@ -335,6 +374,26 @@ impl Config {
         }
         if self.apps.len() > u16::MAX as usize {
             bail!("at most {} [[apps]] entries are supported", u16::MAX);
+        }
+        let c = &self.cluster;
+        if c.adapter == Adapter::Redis {
+            if !(c.url.starts_with("redis://") || c.url.starts_with("rediss://")) {
+                bail!(
+                    "cluster.url must start with redis:// or rediss://, got {:?}",
+                    c.url
+                );
+            }
+            if c.prefix.is_empty()
+                || !c
+                    .prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            {
+                bail!("cluster.prefix must be non-empty and use only A-Z a-z 0-9 - _ . :");
+            }
+            if c.node_timeout < 2 || c.node_timeout > 3600 {
+                bail!("cluster.node_timeout must be between 2 and 3600 seconds");
+            }
         }
         if self.apps.is_empty() {
             bail!("at least one [[apps]] entry is required");

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::ids::{AppIdx, ConnRef, ShardId};
+use crate::ids::{AppIdx, ConnRef, NodeId, ShardId};
 use crate::protocol::channel::{type_of, ChannelKind};
 use crate::protocol::encode;
 use crate::protocol::message::Member;
@@ -27,17 +27,25 @@ pub const COUNT_THROTTLE_ABOVE: usize = 100;
 /// Minimum spacing of `subscription_count` events on busy channels.
 pub const COUNT_INTERVAL_MS: u64 = 5_000;
 
-/// Where a contribution to a fact comes from: the shard whose connection it is.
+/// Where a contribution to a fact comes from: the shard whose connection it is, or another
+/// node of the cluster (all of that node's connections together).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Origin {
     /// A shard of this process.
     Shard(ShardId),
+    /// Another node; its contribution is replicated through the broker.
+    Node(NodeId),
 }
 
 impl Origin {
     /// The origin of a connection's contributions.
     pub fn of(conn: ConnRef) -> Origin {
         Origin::Shard(conn.shard)
+    }
+
+    /// Whether the contribution is this process's own (and so replicated to other nodes).
+    pub fn is_local(self) -> bool {
+        matches!(self, Origin::Shard(_))
     }
 }
 
@@ -89,6 +97,16 @@ pub enum Delta {
         /// Its socket id, excluded from `member_added`.
         socket_id: Arc<str>,
     },
+    /// Another node's connection joined a presence channel (no answer is due: its own node
+    /// answered it).
+    RemoteJoin {
+        /// App.
+        app: AppIdx,
+        /// Channel.
+        channel: Arc<str>,
+        /// Who joined.
+        member: Arc<Member>,
+    },
     /// A joined presence connection left (or a join is undone).
     Leave {
         /// App.
@@ -126,7 +144,7 @@ pub enum Delta {
 }
 
 /// What the home decided; the shard carries it out.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Effect {
     /// Publish a frame to a channel's subscribers everywhere. These are presence member and
     /// subscription-count notices: essential, never dropped by a full inbox.
@@ -160,6 +178,9 @@ pub enum Effect {
         /// The frame.
         frame: Bytes,
     },
+    /// A change to this node's own contribution that took effect, for the other nodes (only
+    /// when [`Home::replicating`]): joins are sent as [`Delta::RemoteJoin`].
+    Replicate(Delta),
     /// A webhook event.
     Hook {
         /// App.
@@ -211,6 +232,55 @@ impl Tally {
     fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    fn of(&self, origin: Origin) -> u32 {
+        self.0
+            .iter()
+            .find(|(o, _)| *o == origin)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    fn local(&self) -> u32 {
+        self.0
+            .iter()
+            .filter(|(o, _)| o.is_local())
+            .map(|(_, n)| *n)
+            .sum()
+    }
+}
+
+/// One entry of a node's whole contribution, as a snapshot carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapEntry {
+    /// Non-presence subscriptions to a channel.
+    Subs {
+        /// App.
+        app: AppIdx,
+        /// Channel.
+        channel: Arc<str>,
+        /// How many.
+        count: u32,
+    },
+    /// A member's presence connections in a channel.
+    Member {
+        /// App.
+        app: AppIdx,
+        /// Channel.
+        channel: Arc<str>,
+        /// The member (key, raw id, info).
+        member: Arc<Member>,
+        /// How many connections.
+        conns: u32,
+    },
+    /// A user's signed-in connections.
+    User {
+        /// App.
+        app: AppIdx,
+        /// User id.
+        user: Arc<str>,
+        /// How many connections.
+        conns: u32,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -241,6 +311,8 @@ struct User {
 #[derive(Debug, Default)]
 pub struct Home {
     rules: Vec<AppRules>,
+    /// Whether local changes are also emitted as [`Effect::Replicate`] (in a cluster).
+    replicating: bool,
     channels: HashMap<(AppIdx, Arc<str>), Channel>,
     users: HashMap<(AppIdx, Arc<str>), User>,
 }
@@ -251,6 +323,18 @@ impl Home {
         Home {
             rules,
             ..Home::default()
+        }
+    }
+
+    /// Emits [`Effect::Replicate`] for every local change that takes effect from now on.
+    pub fn replicating(mut self, on: bool) -> Home {
+        self.replicating = on;
+        self
+    }
+
+    fn replicate(&self, origin: Origin, delta: Delta, out: &mut Vec<Effect>) {
+        if self.replicating && origin.is_local() {
+            out.push(Effect::Replicate(delta));
         }
     }
 
@@ -272,6 +356,7 @@ impl Home {
                     out.push(hook(app, &channel, HookKind::ChannelOccupied));
                 }
                 self.count_changed(app, &channel, after, now, out);
+                self.replicate(origin, Delta::Subscribed { app, channel }, out);
             }
             Delta::Unsubscribed { app, channel } => {
                 let Some(ch) = self.channels.get_mut(&(app, channel.clone())) else {
@@ -286,6 +371,7 @@ impl Home {
                 }
                 self.count_changed(app, &channel, after, now, out);
                 self.forget_if_empty(app, &channel);
+                self.replicate(origin, Delta::Unsubscribed { app, channel }, out);
             }
             Delta::Join {
                 app,
@@ -293,7 +379,12 @@ impl Home {
                 member,
                 conn,
                 socket_id,
-            } => self.join(origin, app, channel, member, conn, socket_id, out),
+            } => self.join(origin, app, channel, member, Some((conn, socket_id)), out),
+            Delta::RemoteJoin {
+                app,
+                channel,
+                member,
+            } => self.join(origin, app, channel, member, None, out),
             Delta::Leave {
                 app,
                 channel,
@@ -305,16 +396,21 @@ impl Home {
                 if u.conns.total() == 1 {
                     notify_watchers(&u.watchers, &user, true, out);
                 }
+                self.replicate(origin, Delta::SignedIn { app, user }, out);
             }
             Delta::SignedOut { app, user } => {
                 let k = (app, user.clone());
                 let Some(u) = self.users.get_mut(&k) else {
                     return;
                 };
-                if u.conns.remove(origin) && u.conns.is_empty() {
+                if !u.conns.remove(origin) {
+                    return;
+                }
+                if u.conns.is_empty() {
                     notify_watchers(&u.watchers, &user, false, out);
                 }
                 self.forget_user_if_empty(&k);
+                self.replicate(origin, Delta::SignedOut { app, user }, out);
             }
             Delta::Watch {
                 app,
@@ -325,15 +421,15 @@ impl Home {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A presence join; `asker` is the local connection waiting for an answer (none for
+    /// another node's join, which its own node answered).
     fn join(
         &mut self,
         origin: Origin,
         app: AppIdx,
         channel: Arc<str>,
         member: Arc<Member>,
-        conn: ConnRef,
-        socket_id: Arc<str>,
+        asker: Option<(ConnRef, Arc<str>)>,
         out: &mut Vec<Effect>,
     ) {
         let max = self.rules(app).max_presence_members;
@@ -344,15 +440,18 @@ impl Home {
                 existing.conns.add(origin);
                 false
             }
-            None if full => {
+            // Another node admitted this member already; its limit check was its own.
+            None if full && asker.is_some() => {
                 let msg = format!("Presence channel {channel} is full ({max} members)");
-                out.push(Effect::JoinAnswer {
-                    to: conn,
-                    app,
-                    channel: channel.clone(),
-                    member,
-                    result: Err(msg),
-                });
+                if let Some((to, _)) = asker {
+                    out.push(Effect::JoinAnswer {
+                        to,
+                        app,
+                        channel: channel.clone(),
+                        member,
+                        result: Err(msg),
+                    });
+                }
                 self.forget_if_empty(app, &channel);
                 return;
             }
@@ -374,18 +473,30 @@ impl Home {
         };
         ch.subs.add(origin);
         let occupied = ch.subs.total() == 1;
-        let frame = encode::event_with_string_data(
-            "pusher_internal:subscription_succeeded",
-            Some(&channel),
-            &presence_json(ch),
-        );
-        out.push(Effect::JoinAnswer {
-            to: conn,
+        let except = match asker {
+            Some((to, socket_id)) => {
+                let frame = encode::event_with_string_data(
+                    "pusher_internal:subscription_succeeded",
+                    Some(&channel),
+                    &presence_json(ch),
+                );
+                out.push(Effect::JoinAnswer {
+                    to,
+                    app,
+                    channel: channel.clone(),
+                    member: member.clone(),
+                    result: Ok(frame),
+                });
+                Some(socket_id)
+            }
+            None => None,
+        };
+        let replicated = Delta::RemoteJoin {
             app,
             channel: channel.clone(),
             member: member.clone(),
-            result: Ok(frame),
-        });
+        };
+        self.replicate(origin, replicated, out);
         if occupied {
             out.push(hook(app, &channel, HookKind::ChannelOccupied));
         }
@@ -398,7 +509,7 @@ impl Home {
                 channel,
                 "pusher_internal:member_added",
                 &data,
-                Some(socket_id),
+                except,
             ));
         }
     }
@@ -421,6 +532,13 @@ impl Home {
             return;
         }
         ch.subs.remove(origin);
+        if self.replicating && origin.is_local() {
+            out.push(Effect::Replicate(Delta::Leave {
+                app,
+                channel: channel.clone(),
+                user_key: user_key.into(),
+            }));
+        }
         let removed = if m.conns.is_empty() {
             let raw_id = ch.members.remove(user_key).map(|m| m.raw_id);
             ch.order.retain(|k| &**k != user_key);
@@ -541,6 +659,196 @@ impl Home {
         }
     }
 
+    /// This node's own contribution to the facts homed here: what another node needs to rebuild
+    /// it ([`Home::replace_origin`]). Sorted, so equal states give equal snapshots.
+    pub fn snapshot_local(&self) -> Vec<SnapEntry> {
+        let mut out = Vec::new();
+        for ((app, channel), ch) in &self.channels {
+            if type_of(channel).kind == ChannelKind::Presence {
+                for (key, m) in &ch.members {
+                    let conns = m.conns.local();
+                    if conns > 0 {
+                        out.push(SnapEntry::Member {
+                            app: *app,
+                            channel: channel.clone(),
+                            member: Arc::new(Member {
+                                key: key.to_string(),
+                                raw_id: m.raw_id.clone(),
+                                info: m.info.clone(),
+                            }),
+                            conns,
+                        });
+                    }
+                }
+            } else if ch.subs.local() > 0 {
+                out.push(SnapEntry::Subs {
+                    app: *app,
+                    channel: channel.clone(),
+                    count: ch.subs.local(),
+                });
+            }
+        }
+        for ((app, user), u) in &self.users {
+            if u.conns.local() > 0 {
+                out.push(SnapEntry::User {
+                    app: *app,
+                    user: user.clone(),
+                    conns: u.conns.local(),
+                });
+            }
+        }
+        out.sort_by(|a, b| snap_key(a).cmp(&snap_key(b)));
+        out
+    }
+
+    /// Makes `origin`'s contribution equal `entries` for every key `covers` accepts (channel or
+    /// user name), emitting the events of the difference only: members who stayed are not
+    /// announced again, members gone get `member_removed`, newcomers `member_added`.
+    pub fn replace_origin(
+        &mut self,
+        origin: Origin,
+        covers: impl Fn(AppIdx, &str) -> bool,
+        entries: &[SnapEntry],
+        now: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        let mut subs: HashMap<(AppIdx, Arc<str>), u32> = HashMap::new();
+        let mut members: HashMap<(AppIdx, Arc<str>, Arc<str>), (Arc<Member>, u32)> = HashMap::new();
+        let mut users: HashMap<(AppIdx, Arc<str>), u32> = HashMap::new();
+        for e in entries {
+            match e {
+                SnapEntry::Subs {
+                    app,
+                    channel,
+                    count,
+                } if covers(*app, channel) => {
+                    subs.insert((*app, channel.clone()), *count);
+                }
+                SnapEntry::Member {
+                    app,
+                    channel,
+                    member,
+                    conns,
+                } if covers(*app, channel) => {
+                    let key: Arc<str> = member.key.as_str().into();
+                    members.insert((*app, channel.clone(), key), (member.clone(), *conns));
+                }
+                SnapEntry::User { app, user, conns } if covers(*app, user) => {
+                    users.insert((*app, user.clone()), *conns);
+                }
+                _ => {}
+            }
+        }
+        // What the origin holds now, for the covered keys.
+        let mut have_subs = Vec::new();
+        let mut have_members = Vec::new();
+        for ((app, channel), ch) in &self.channels {
+            if !covers(*app, channel) {
+                continue;
+            }
+            if type_of(channel).kind == ChannelKind::Presence {
+                for (key, m) in &ch.members {
+                    let n = m.conns.of(origin);
+                    if n > 0 {
+                        have_members.push((*app, channel.clone(), key.clone(), n));
+                    }
+                }
+            } else if ch.subs.of(origin) > 0 {
+                have_subs.push((*app, channel.clone(), ch.subs.of(origin)));
+            }
+        }
+        let mut have_users = Vec::new();
+        for ((app, user), u) in &self.users {
+            if covers(*app, user) && u.conns.of(origin) > 0 {
+                have_users.push((*app, user.clone(), u.conns.of(origin)));
+            }
+        }
+        have_subs.sort();
+        have_members.sort();
+        have_users.sort();
+        // Take away what is gone or too much, then add what is missing.
+        for (app, channel, n) in have_subs {
+            let want = subs.get(&(app, channel.clone())).copied().unwrap_or(0);
+            for _ in want..n {
+                let d = Delta::Unsubscribed {
+                    app,
+                    channel: channel.clone(),
+                };
+                self.apply(origin, d, now, out);
+            }
+        }
+        for (app, channel, key, n) in have_members {
+            let want = members
+                .get(&(app, channel.clone(), key.clone()))
+                .map_or(0, |(_, c)| *c);
+            for _ in want..n {
+                let d = Delta::Leave {
+                    app,
+                    channel: channel.clone(),
+                    user_key: key.clone(),
+                };
+                self.apply(origin, d, now, out);
+            }
+        }
+        for (app, user, n) in have_users {
+            let want = users.get(&(app, user.clone())).copied().unwrap_or(0);
+            for _ in want..n {
+                let d = Delta::SignedOut {
+                    app,
+                    user: user.clone(),
+                };
+                self.apply(origin, d, now, out);
+            }
+        }
+        let mut subs: Vec<_> = subs.into_iter().collect();
+        subs.sort();
+        for ((app, channel), want) in subs {
+            let n = self
+                .channels
+                .get(&(app, channel.clone()))
+                .map_or(0, |c| c.subs.of(origin));
+            for _ in n..want {
+                let d = Delta::Subscribed {
+                    app,
+                    channel: channel.clone(),
+                };
+                self.apply(origin, d, now, out);
+            }
+        }
+        let mut members: Vec<_> = members.into_iter().collect();
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((app, channel, key), (member, want)) in members {
+            let n = self
+                .channels
+                .get(&(app, channel.clone()))
+                .and_then(|c| c.members.get(&key))
+                .map_or(0, |m| m.conns.of(origin));
+            for _ in n..want {
+                let d = Delta::RemoteJoin {
+                    app,
+                    channel: channel.clone(),
+                    member: member.clone(),
+                };
+                self.apply(origin, d, now, out);
+            }
+        }
+        let mut users: Vec<_> = users.into_iter().collect();
+        users.sort();
+        for ((app, user), want) in users {
+            let n = self
+                .users
+                .get(&(app, user.clone()))
+                .map_or(0, |u| u.conns.of(origin));
+            for _ in n..want {
+                let d = Delta::SignedIn {
+                    app,
+                    user: user.clone(),
+                };
+                self.apply(origin, d, now, out);
+            }
+        }
+    }
+
     /// Throttled `subscription_count` events whose interval has passed by `now`.
     pub fn tick(&mut self, now: u64, out: &mut Vec<Effect>) {
         let mut due = Vec::new();
@@ -644,6 +952,19 @@ impl Home {
         self.users
             .get(&(app, Arc::from(user)))
             .is_some_and(|u| !u.conns.is_empty())
+    }
+}
+
+fn snap_key(e: &SnapEntry) -> (AppIdx, &str, &str) {
+    match e {
+        SnapEntry::Subs { app, channel, .. } => (*app, channel, ""),
+        SnapEntry::Member {
+            app,
+            channel,
+            member,
+            ..
+        } => (*app, channel, member.key.as_str()),
+        SnapEntry::User { app, user, .. } => (*app, "", user),
     }
 }
 

@@ -7,20 +7,12 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+pub use crate::ids::NodeId;
+
 /// Largest broker message accepted (a frame plus its envelope, or a snapshot piece).
 pub const MAX_MESSAGE: usize = 16 << 20;
 /// Most entries in one snapshot piece.
 pub const MAX_ENTRIES: usize = 1 << 20;
-
-/// A node's identity: random at start, logged, unique in practice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(pub u64);
-
-impl std::fmt::Display for NodeId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
-}
 
 /// A change to a node's contribution to the cluster's facts, as replicated to the others.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,13 +3,16 @@
 
 use crate::bus::{BusMsg, Publication};
 use crate::channels::home::Effect;
+use crate::cluster::nodes::leads;
+use crate::cluster::Outbound;
+use crate::ids::NodeId;
 
 use super::Shard;
 
 impl Shard {
     /// Applies effects in order. Answers and notices go through the bus even when they are for
     /// this shard, so they queue behind what this shard already has to do, as before.
-    pub fn apply_effects(&self, effects: &mut Vec<Effect>) {
+    pub fn apply_effects(&self, nodes: &[NodeId], effects: &mut Vec<Effect>) {
         for effect in effects.drain(..) {
             match effect {
                 Effect::Publish {
@@ -47,7 +50,20 @@ impl Shard {
                     let notice = BusMsg::WatchNotice { conn: to, frame };
                     self.shared.bus.send(to.shard, notice);
                 }
-                Effect::Hook { app, channel, kind } => self.hook(app, &channel, kind),
+                Effect::Hook { app, channel, kind } => {
+                    // In a cluster every node's home sees every transition; one node, the
+                    // channel's leader, reports them, so each webhook fires once.
+                    let app_id = &self.shared.app(app).id;
+                    if nodes.is_empty() || leads(self.shared.node, nodes, app, app_id, &channel) {
+                        self.hook(app, &channel, kind);
+                    }
+                }
+                // Only emitted when the home replicates, which it does only in a cluster.
+                Effect::Replicate(delta) => {
+                    if let Some(c) = &self.shared.cluster {
+                        c.send(Outbound::Change(delta));
+                    }
+                }
             }
         }
     }

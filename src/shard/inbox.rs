@@ -8,7 +8,8 @@ use std::sync::Arc;
 use super::state::{flush_dirty, State};
 use super::{pusher, Shard};
 use crate::bus::{BusMsg, Query};
-use crate::ids::{AppIdx, ConnKey};
+use crate::cluster::Outbound;
+use crate::ids::{home_of, AppIdx, ConnKey};
 use crate::protocol::codes;
 
 /// Messages handled before the flush and a yield to other tasks.
@@ -86,7 +87,7 @@ fn handle(shard: &Shard, st: &mut State, msg: BusMsg, now: u64) {
         BusMsg::Home { from, delta } => {
             let mut effects = Vec::new();
             st.home.apply(from, delta, now, &mut effects);
-            shard.apply_effects(&mut effects);
+            shard.apply_effects(&st.nodes, &mut effects);
         }
         BusMsg::PresenceJoined {
             conn,
@@ -100,6 +101,36 @@ fn handle(shard: &Shard, st: &mut State, msg: BusMsg, now: u64) {
         BusMsg::WatchNotice { conn, frame } => shard.send_to(st, conn.key, frame),
         BusMsg::Query(q) => answer(st, q),
         BusMsg::Shutdown => shutdown(shard, st),
+        BusMsg::DropOrigin(origin) => {
+            let mut effects = Vec::new();
+            st.home.drop_origin(origin, now, &mut effects);
+            shard.apply_effects(&st.nodes, &mut effects);
+        }
+        BusMsg::ReplaceOrigin {
+            origin,
+            piece,
+            pieces,
+            entries,
+        } => {
+            let (me, shards) = (shard.id, shard.shared.shards());
+            let covers = |app: AppIdx, name: &str| {
+                home_of(app, name, pieces as usize).0 == piece && home_of(app, name, shards) == me
+            };
+            let mut effects = Vec::new();
+            st.home
+                .replace_origin(origin, covers, &entries, now, &mut effects);
+            shard.apply_effects(&st.nodes, &mut effects);
+        }
+        BusMsg::SnapshotRequest => {
+            if let Some(c) = &shard.shared.cluster {
+                c.send(Outbound::Snapshot {
+                    piece: shard.id.0,
+                    pieces: shard.shared.shards() as u16,
+                    entries: st.home.snapshot_local(),
+                });
+            }
+        }
+        BusMsg::Nodes(live) => st.nodes = live,
     }
 }
 

@@ -6,6 +6,7 @@ mod effects;
 mod frames;
 mod inbox;
 mod pusher;
+mod remote;
 mod service;
 mod session;
 pub mod sock;
@@ -25,8 +26,9 @@ use monoio::net::TcpListener;
 
 use crate::bus::{Bus, BusMsg};
 use crate::channels::home::AppRules;
+use crate::cluster::Cluster;
 use crate::config::{AppConfig, Config};
-use crate::ids::{AppIdx, ShardId};
+use crate::ids::{AppIdx, NodeId, ShardId};
 use crate::metrics::ShardMetrics;
 use crate::webhooks::{Hook, HookKind, Webhooks};
 pub use state::State;
@@ -53,6 +55,10 @@ pub struct Shared {
     pub uring: bool,
     /// The webhook side-car, when any app has webhooks.
     pub webhooks: Option<Webhooks>,
+    /// This node's id (meaningful in a cluster).
+    pub node: NodeId,
+    /// The cluster side-car, when `[cluster]` names a broker.
+    pub cluster: Option<Cluster>,
 }
 
 impl Shared {
@@ -135,6 +141,9 @@ impl Server {
         }
         let uring = monoio::utils::detect_uring();
         let webhooks = Webhooks::start(&config)?;
+        let node = Cluster::new_node_id();
+        let cell = Arc::new(std::sync::OnceLock::new());
+        let cluster = Cluster::start(&config, node, Arc::new(remote::Shards(cell.clone())))?;
         let shared = Arc::new(Shared {
             bus: Bus::new(shards, config.server.bus_capacity),
             app_connections: config.apps.iter().map(|_| AtomicUsize::new(0)).collect(),
@@ -143,10 +152,13 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             uring,
             webhooks,
+            node,
+            cluster,
             by_key,
             by_id,
             config,
         });
+        let _ = cell.set(shared.clone());
         tracing::info!(
             shards,
             driver = if uring { "io_uring" } else { "epoll (legacy)" },
@@ -200,7 +212,12 @@ impl Server {
     }
 
     /// Starts the graceful shutdown: every shard stops accepting and closes its clients with 4200.
+    /// In a cluster the node first announces its departure, so the others drop its clients'
+    /// state at once instead of after `node_timeout`.
     pub fn shutdown(&self) {
+        if let Some(c) = &self.shared.cluster {
+            c.leave(Duration::from_secs(1));
+        }
         if !self.shared.shutting_down.swap(true, Ordering::SeqCst) {
             for i in 0..self.shared.shards() {
                 self.shared.bus.send(ShardId(i as u16), BusMsg::Shutdown);
@@ -264,6 +281,12 @@ fn run_shard(
             subscription_count: a.subscription_count,
         })
         .collect();
+    let in_cluster = shared.cluster.is_some();
+    let first_nodes = Arc::new(if in_cluster {
+        vec![shared.node]
+    } else {
+        Vec::new()
+    });
     rt.block_on(async move {
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -275,7 +298,7 @@ fn run_shard(
         let shard = Rc::new(Shard {
             id,
             shared,
-            state: RefCell::new(State::new(rules)),
+            state: RefCell::new(State::new(rules, in_cluster, first_nodes)),
             scratch: RefCell::new(vec![0u8; SCRATCH_BYTES]),
         });
         let _ = ready.send(Ok(()));

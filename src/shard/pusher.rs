@@ -476,7 +476,7 @@ fn client_event(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage
         user_id: hook_user,
     };
     shard.hook(app, &channel, hook);
-    shard.publish(Publication {
+    shard.publish_everywhere(Publication {
         app,
         channel,
         frame,

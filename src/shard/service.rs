@@ -11,6 +11,7 @@ use futures_channel::oneshot;
 use super::Shard;
 use crate::bus::{BusMsg, Publication, Query};
 use crate::channels::home::ChannelFacts;
+use crate::cluster::Outbound;
 use crate::config::{AppConfig, ServerConfig};
 use crate::http::service::{CachedEvent, Service};
 use crate::ids::{home_of, AppIdx, ShardId};
@@ -61,17 +62,14 @@ impl Service for Shard {
         except: Option<Arc<str>>,
         cache_data: Option<Arc<str>>,
     ) -> bool {
-        Shard::publish(
-            self,
-            Publication {
-                app,
-                channel: channel.into(),
-                frame,
-                except,
-                cache_data,
-                essential: false,
-            },
-        )
+        self.publish_everywhere(Publication {
+            app,
+            channel: channel.into(),
+            frame,
+            except,
+            cache_data,
+            essential: false,
+        })
     }
 
     fn send_to_user(
@@ -82,6 +80,14 @@ impl Service for Shard {
         except: Option<Arc<str>>,
     ) -> bool {
         let user: Arc<str> = user.into();
+        if let Some(c) = &self.shared.cluster {
+            c.send(Outbound::ToUser {
+                app,
+                user: user.clone(),
+                frame: frame.clone(),
+                except: except.clone(),
+            });
+        }
         let dropped = self.shared.bus.broadcast(|| BusMsg::ToUser {
             app,
             user: user.clone(),
@@ -93,6 +99,10 @@ impl Service for Shard {
 
     fn terminate_user(&self, app: AppIdx, user: &str) {
         let user: Arc<str> = user.into();
+        if let Some(c) = &self.shared.cluster {
+            let user = user.clone();
+            c.send(Outbound::Terminate { app, user });
+        }
         self.shared.bus.broadcast(|| BusMsg::Terminate {
             app,
             user: user.clone(),
@@ -140,7 +150,9 @@ impl Service for Shard {
             let n = self.ask(shard, |reply| Query::Connections { app, reply });
             total += n.await.unwrap_or(0);
         }
-        total
+        // Other nodes' connections as of their last heartbeats (at most a second old).
+        let remote = self.shared.cluster.as_ref();
+        total + remote.map_or(0, |c| c.remote_connections(app) as usize)
     }
 
     fn cached_event(&self, app: AppIdx, channel: &str) -> Option<CachedEvent> {
@@ -199,6 +211,53 @@ impl Service for Shard {
                     "Webhook events dropped (queue full or shutdown)",
                     load(&s.dropped),
                 ),
+            ]);
+        }
+        if let Some(c) = &self.shared.cluster {
+            let s = &c.stats;
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            extra.extend([
+                Series::counter(
+                    "ringpush_cluster_sent_total",
+                    "Messages published to the cluster broker",
+                    load(&s.sent),
+                ),
+                Series::counter(
+                    "ringpush_cluster_received_total",
+                    "Messages received from other nodes",
+                    load(&s.received),
+                ),
+                Series::counter(
+                    "ringpush_cluster_dropped_total",
+                    "Messages for other nodes dropped (queue full or broker unreachable)",
+                    load(&s.dropped),
+                ),
+                Series::counter(
+                    "ringpush_cluster_malformed_total",
+                    "Broker messages that did not decode",
+                    load(&s.malformed),
+                ),
+                Series::counter(
+                    "ringpush_cluster_outages_total",
+                    "Times the broker connection was lost or could not be made",
+                    load(&s.outages),
+                ),
+                Series::counter(
+                    "ringpush_cluster_resyncs_total",
+                    "Node state snapshots applied",
+                    load(&s.resyncs),
+                ),
+                Series::counter(
+                    "ringpush_cluster_nodes_dropped_total",
+                    "Nodes whose state was dropped (silent past node_timeout, or left)",
+                    load(&s.nodes_dropped),
+                ),
+                Series::gauge(
+                    "ringpush_cluster_connected",
+                    "1 while the broker is reachable",
+                    s.connected.load(Ordering::Relaxed) as u64,
+                ),
+                Series::gauge("ringpush_cluster_peers", "Other live nodes", load(&s.peers)),
             ]);
         }
         metrics::render(&self.shared.metrics, &extra)

@@ -49,22 +49,31 @@ pub struct State {
     pub seq: u64,
     /// Cancels the accept loop on shutdown.
     pub accept_canceller: Option<monoio::io::Canceller>,
+    /// The cluster's live nodes (this one included), for webhook leadership; empty when not
+    /// in a cluster.
+    pub nodes: Arc<Vec<crate::ids::NodeId>>,
 }
 
 impl State {
-    /// Empty state for apps with these home rules (one per app).
-    pub fn new(rules: Vec<AppRules>) -> State {
+    /// Empty state for apps with these home rules (one per app); `replicate` in a cluster,
+    /// whose live nodes start as `nodes`.
+    pub fn new(
+        rules: Vec<AppRules>,
+        replicate: bool,
+        nodes: Arc<Vec<crate::ids::NodeId>>,
+    ) -> State {
         let apps = rules.len();
         State {
             conns: Slab::default(),
             index: (0..apps).map(|_| HashMap::new()).collect(),
             users: (0..apps).map(|_| HashMap::new()).collect(),
             cache: (0..apps).map(|_| HashMap::new()).collect(),
-            home: Home::new(rules),
+            home: Home::new(rules).replicating(replicate),
             dirty: Vec::new(),
             flush_buf: Vec::new(),
             seq: 0,
             accept_canceller: None,
+            nodes,
         }
     }
 
@@ -188,6 +197,22 @@ impl Shard {
     pub fn publish(&self, p: Publication) -> bool {
         let p = Arc::new(p);
         self.shared.bus.broadcast(|| BusMsg::Publish(p.clone())) == 0
+    }
+
+    /// Publishes on every shard of this node and, in a cluster, on every other node: events
+    /// from the HTTP API and from clients. (Presence and count notices are not forwarded: each
+    /// node's home decides its own.)
+    pub fn publish_everywhere(&self, p: Publication) -> bool {
+        if let Some(c) = &self.shared.cluster {
+            c.send(crate::cluster::Outbound::Publish {
+                app: p.app,
+                channel: p.channel.clone(),
+                frame: p.frame.clone(),
+                except: p.except.clone(),
+                cache_data: p.cache_data.clone(),
+            });
+        }
+        self.publish(p)
     }
 
     /// A reference to a local connection for other shards.

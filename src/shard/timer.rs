@@ -62,8 +62,9 @@ pub async fn tick(shard: Rc<Shard>) {
             }
             let mut effects = Vec::new();
             st.home.tick(now, &mut effects);
+            let nodes = st.nodes.clone();
             drop(st);
-            shard.apply_effects(&mut effects);
+            shard.apply_effects(&nodes, &mut effects);
         }
         flush_dirty(&shard);
     }

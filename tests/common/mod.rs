@@ -7,6 +7,7 @@
 //! - [`raw`]: raw TCP and hand-built WebSocket frames ([`Raw`], [`RawWs`], [`build_frame`]).
 //! - [`http`]: the HTTP client and the signed API client ([`HttpConn`], [`HttpResponse`], [`Api`]).
 //! - [`sign`]: digests and request signing ([`hmac_hex`], [`md5_hex`], [`SignOpts`]).
+//! - [`redis`]: a Redis server of the test's own, for cluster tests ([`Redis`]).
 //! - [`webhook`]: a webhook receiver ([`WebhookReceiver`], [`Hook`], [`Reply`]).
 //! - [`util`]: the wait limit, unique names and polling ([`WAIT`], [`uniq`], [`poll_until`]).
 // Each test binary uses only some of the helpers, and so only some of these re-exports.
@@ -16,6 +17,7 @@ mod barrier;
 mod client;
 mod http;
 mod raw;
+mod redis;
 mod server;
 mod sign;
 mod util;
@@ -25,6 +27,7 @@ pub use barrier::*;
 pub use client::*;
 pub use http::*;
 pub use raw::*;
+pub use redis::*;
 pub use server::*;
 pub use sign::*;
 pub use util::*;

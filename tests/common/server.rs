@@ -129,6 +129,8 @@ pub struct Config {
     pub extra: Vec<(String, String)>,
     /// The apps.
     pub apps: Vec<App>,
+    /// A `[cluster]` table's lines (values TOML-encoded), when the server is a cluster node.
+    pub cluster: Vec<(String, String)>,
 }
 
 impl Default for Config {
@@ -141,6 +143,7 @@ impl Default for Config {
             shutdown_grace: 5,
             extra: Vec::new(),
             apps: vec![App::default()],
+            cluster: Vec::new(),
         }
     }
 }
@@ -171,11 +174,28 @@ impl Config {
         for (k, v) in &self.extra {
             s += &format!("{k} = {v}\n");
         }
+        if !self.cluster.is_empty() {
+            s += "\n[cluster]\n";
+            for (k, v) in &self.cluster {
+                s += &format!("{k} = {v}\n");
+            }
+        }
         for app in &self.apps {
             s += "\n";
             s += &app.to_toml();
         }
         s
+    }
+
+    /// Makes the server a node of the cluster on the Redis at `port`, with `node_timeout`.
+    pub fn clustered(mut self, redis_port: u16, prefix: &str, node_timeout: u64) -> Self {
+        self.cluster = vec![
+            ("adapter".into(), "\"redis\"".into()),
+            ("url".into(), format!("\"redis://127.0.0.1:{redis_port}\"")),
+            ("prefix".into(), format!("\"{prefix}\"")),
+            ("node_timeout".into(), node_timeout.to_string()),
+        ];
+        self
     }
 }
 
