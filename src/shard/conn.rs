@@ -14,6 +14,7 @@ use crate::protocol::encode;
 use crate::protocol::message::Member;
 use crate::ws::codec;
 
+use super::rate::{RateWindow, TokenBucket};
 use super::sock;
 
 /// Where a subscription stands.
@@ -82,10 +83,10 @@ pub struct Conn {
     pub ping_sent: Option<u64>,
     /// Deadline (ms) to sign in or join a private channel, when the app asks for it.
     pub auth_deadline: Option<u64>,
-    /// Client-event rate window: when it opened (ms) and the events counted in it.
-    pub rate: (u64, u32),
-    /// Message token bucket: tokens left and when (ms) it was last refilled.
-    pub tokens: (u32, u64),
+    /// Client events per second (`client_event_rate`).
+    pub rate: RateWindow,
+    /// Messages of any kind (`max_messages_per_second`, `max_message_burst`).
+    pub tokens: TokenBucket,
     /// Bytes of an incomplete frame; empty (no allocation) between frames.
     pub partial: Vec<u8>,
     /// A fragmented message being assembled.

@@ -6,6 +6,7 @@ mod effects;
 mod frames;
 mod inbox;
 mod pusher;
+mod rate;
 mod service;
 mod session;
 pub mod sock;

@@ -58,23 +58,10 @@ pub fn on_message(shard: &Shard, st: &mut State, key: ConnKey, text: &str) {
 fn take_token(shard: &Shard, st: &mut State, key: ConnKey) -> bool {
     let cfg = &shard.shared.config.server;
     let now = shard.now_ms();
-    let Some(conn) = st.conns.get_mut(key) else {
-        return false;
-    };
-    let (tokens, at) = conn.tokens;
-    let refill = now.saturating_sub(at) * cfg.max_messages_per_second as u64 / 1000;
-    let mut tokens = tokens;
-    let mut at = at;
-    if refill > 0 {
-        tokens = (tokens as u64 + refill).min(cfg.max_message_burst as u64) as u32;
-        at = now;
-    }
-    if tokens == 0 {
-        conn.tokens = (0, at);
-        return false;
-    }
-    conn.tokens = (tokens - 1, at);
-    true
+    let (rate, burst) = (cfg.max_messages_per_second, cfg.max_message_burst);
+    st.conns
+        .get_mut(key)
+        .is_some_and(|c| c.tokens.take(now, rate, burst))
 }
 
 fn subscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_>) {
@@ -431,13 +418,7 @@ fn client_event(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage
             "Client events are only allowed on private and presence channels",
         );
     }
-    // A one-second window that opens with the first event after the previous one closed, so
-    // a burst is judged the same wherever the clock's second boundaries fall.
-    if now.saturating_sub(conn.rate.0) >= 1000 {
-        conn.rate = (now, 0);
-    }
-    conn.rate.1 += 1;
-    if conn.rate.1 > cfg.client_event_rate {
+    if !conn.rate.admit(now, cfg.client_event_rate) {
         return error(
             shard,
             st,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use super::conn::Conn;
+use super::rate::{RateWindow, TokenBucket};
 use super::sock::{self, Recv};
 use super::state::{flush_dirty, remove_conn};
 use super::{frames, Shard};
@@ -292,8 +293,8 @@ fn register(shard: &Rc<Shard>, stream: Rc<TcpStream>, app: AppIdx) -> crate::ids
         last_rx: now,
         ping_sent: None,
         auth_deadline,
-        rate: (0, 0),
-        tokens: (shard.shared.config.server.max_message_burst, now),
+        rate: RateWindow::default(),
+        tokens: TokenBucket::full(shard.shared.config.server.max_message_burst, now),
         partial: Vec::new(),
         fragments: None,
     });
