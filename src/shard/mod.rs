@@ -5,6 +5,7 @@ pub mod conn;
 mod effects;
 mod frames;
 mod inbox;
+mod outbound;
 mod pusher;
 mod rate;
 mod service;

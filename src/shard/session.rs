@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use super::conn::Conn;
+use super::outbound::Outbound;
 use super::rate::{RateWindow, TokenBucket};
 use super::sock::{self, Recv};
 use super::state::{flush_dirty, remove_conn};
@@ -285,11 +286,7 @@ fn register(shard: &Rc<Shard>, stream: Rc<TcpStream>, app: AppIdx) -> crate::ids
         socket_id: socket_id.clone(),
         subs: Vec::new(),
         user: None,
-        out: Default::default(),
-        out_bytes: 0,
-        writer_active: false,
-        dirty: false,
-        closing: None,
+        out: Outbound::default(),
         last_rx: now,
         ping_sent: None,
         auth_deadline,
