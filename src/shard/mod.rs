@@ -8,6 +8,7 @@ mod inbox;
 mod outbound;
 mod pusher;
 mod rate;
+mod refusal;
 mod service;
 mod session;
 pub mod sock;
