@@ -1,6 +1,5 @@
 //! A WebSocket connection's state as its shard keeps it, and the slab that holds them.
 
-use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -10,11 +9,10 @@ use monoio::net::TcpStream;
 
 use crate::ids::{AppIdx, ConnKey, SocketId};
 use crate::protocol::channel::ChannelType;
-use crate::protocol::encode;
 use crate::protocol::message::Member;
-use crate::ws::codec;
 
-use super::sock;
+use super::outbound::{Backlog, NeedsFlush, Notice, Outbound, Queued};
+use super::rate::{RateWindow, TokenBucket};
 
 /// Where a subscription stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,97 +64,53 @@ pub struct Conn {
     pub subs: Vec<Sub>,
     /// Set after a successful `pusher:signin`.
     pub user: Option<Box<SignedIn>>,
-    /// Frames waiting to be sent.
-    pub out: VecDeque<Bytes>,
-    /// Bytes in `out`, bounded by `max_outbound_bytes`.
-    pub out_bytes: usize,
-    /// A writer task is waiting for writability.
-    pub writer_active: bool,
-    /// Listed in the shard's dirty list.
-    pub dirty: bool,
-    /// Close started at this time (ms): no more input is processed.
-    pub closing: Option<u64>,
+    /// Queued frames, flush state and closing.
+    pub out: Outbound,
     /// Last time (ms) any frame arrived.
     pub last_rx: u64,
     /// When (ms) the server pinged and is waiting for any frame.
     pub ping_sent: Option<u64>,
     /// Deadline (ms) to sign in or join a private channel, when the app asks for it.
     pub auth_deadline: Option<u64>,
-    /// Client-event rate window: when it opened (ms) and the events counted in it.
-    pub rate: (u64, u32),
-    /// Message token bucket: tokens left and when (ms) it was last refilled.
-    pub tokens: (u32, u64),
+    /// Client events per second (`client_event_rate`).
+    pub rate: RateWindow,
+    /// Messages of any kind (`max_messages_per_second`, `max_message_burst`).
+    pub tokens: TokenBucket,
     /// Bytes of an incomplete frame; empty (no allocation) between frames.
     pub partial: Vec<u8>,
     /// A fragmented message being assembled.
     pub fragments: Option<Vec<u8>>,
 }
 
-/// Result of queueing a frame.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Queued {
-    /// Queued; `true` when the connection must be added to the dirty list.
-    Ok(bool),
-    /// Over the outbound budget: the connection must be closed as a slow consumer.
-    Overflow,
-    /// The connection is closing; the frame was dropped.
-    Closing,
-}
-
 impl Conn {
-    /// Queues a frame, enforcing the outbound budget.
-    pub fn queue(&mut self, frame: Bytes, limit: usize) -> Queued {
-        if self.closing.is_some() {
-            return Queued::Closing;
-        }
-        if self.out_bytes + frame.len() > limit {
-            // Over budget only counts for what the kernel will not take: a burst queued within
-            // one batch is sent now before the connection is judged slow.
-            if !self.writer_active {
-                let _ = sock::flush(self.fd, &mut self.out, &mut self.out_bytes);
-            }
-            if self.out_bytes + frame.len() > limit {
-                return Queued::Overflow;
-            }
-        }
-        self.out_bytes += frame.len();
-        self.out.push_back(frame);
-        let newly = !self.dirty && !self.writer_active;
-        self.dirty |= newly;
-        Queued::Ok(newly)
+    /// Queues a frame within `limit` outbound bytes. Does no IO: over the limit, the frame comes
+    /// back as [`NeedsFlush`] for the caller to flush the socket and call
+    /// [`Conn::queue_after_flush`].
+    pub fn queue(&mut self, frame: Bytes, limit: usize) -> Result<Queued, NeedsFlush> {
+        self.out.try_queue(frame, limit)
     }
 
-    /// Starts closing: optional `pusher:error`, then a close frame. `drop_queued` discards what
-    /// was waiting (slow consumers). Returns true when the connection must be marked dirty.
+    /// Queues a frame handed back by [`Conn::queue`] once the socket was flushed.
+    pub fn queue_after_flush(&mut self, frame: Bytes, limit: usize) -> Queued {
+        self.out.queue_after_flush(frame, limit)
+    }
+
+    /// Starts closing (see [`Outbound::start_close`]). Returns true when the connection must be
+    /// put on the dirty list.
     pub fn start_close(
         &mut self,
         code: u16,
         reason: &str,
-        pusher_error: bool,
-        drop_queued: bool,
+        notice: Notice,
+        backlog: Backlog,
         now: u64,
     ) -> bool {
-        if self.closing.is_some() {
-            return false;
-        }
-        if drop_queued {
-            // The front frame may be partly on the wire already; cutting it would corrupt the
-            // stream, so it stays and only whole frames behind it are dropped.
-            self.out.truncate(1);
-            self.out_bytes = self.out.front().map_or(0, |b| b.len());
-        }
-        if pusher_error {
-            let f = encode::error(Some(code), reason);
-            self.out_bytes += f.len();
-            self.out.push_back(f);
-        }
-        let c = codec::close_frame(code, reason);
-        self.out_bytes += c.len();
-        self.out.push_back(c);
-        self.closing = Some(now);
-        let newly = !self.dirty && !self.writer_active;
-        self.dirty |= newly;
-        newly
+        self.out.start_close(code, reason, notice, backlog, now)
+    }
+
+    /// Whether a close started (or the socket failed): input is discarded from then on.
+    pub fn is_closing(&self) -> bool {
+        self.out.closing.is_closing()
     }
 
     /// The active subscription to `channel`, if any.

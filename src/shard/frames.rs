@@ -3,6 +3,7 @@
 
 use std::rc::Rc;
 
+use super::outbound::Notice;
 use super::sock::{self, Recv};
 use super::state::{flush_dirty, State};
 use super::{pusher, Shard};
@@ -48,7 +49,7 @@ pub fn process(shard: &Shard, st: &mut State, key: ConnKey, data: &mut [u8]) {
     let Some(conn) = st.conns.get_mut(key) else {
         return;
     };
-    if conn.closing.is_some() {
+    if conn.is_closing() {
         return; // waiting for the peer's close: input is discarded
     }
     conn.last_rx = now;
@@ -77,7 +78,7 @@ pub fn process(shard: &Shard, st: &mut State, key: ConnKey, data: &mut [u8]) {
             }
             Ok(_) => break,
             Err(e) => {
-                shard.close(st, key, e.code, e.reason, false);
+                shard.close(st, key, e.code, e.reason, Notice::CloseFrameOnly);
                 return;
             }
         }
@@ -118,7 +119,7 @@ fn on_frame(shard: &Shard, st: &mut State, key: ConnKey, h: Header, payload: &mu
                     _ => close::PROTOCOL,
                 },
             };
-            shard.close(st, key, code, "", false);
+            shard.close(st, key, code, "", Notice::CloseFrameOnly);
             false
         }
         OpCode::Binary => {
@@ -127,7 +128,7 @@ fn on_frame(shard: &Shard, st: &mut State, key: ConnKey, h: Header, payload: &mu
                 key,
                 close::UNSUPPORTED,
                 "binary frames are not supported",
-                false,
+                Notice::CloseFrameOnly,
             );
             false
         }
@@ -137,7 +138,7 @@ fn on_frame(shard: &Shard, st: &mut State, key: ConnKey, h: Header, payload: &mu
                 key,
                 close::PROTOCOL,
                 "expected a continuation frame",
-                false,
+                Notice::CloseFrameOnly,
             );
             false
         }
@@ -153,12 +154,13 @@ fn on_frame(shard: &Shard, st: &mut State, key: ConnKey, h: Header, payload: &mu
                     key,
                     close::PROTOCOL,
                     "continuation without a message",
-                    false,
+                    Notice::CloseFrameOnly,
                 );
                 return false;
             };
             if msg.len() + payload.len() > max {
-                shard.close(st, key, close::TOO_BIG, "message too big", false);
+                let reason = "message too big";
+                shard.close(st, key, close::TOO_BIG, reason, Notice::CloseFrameOnly);
                 return false;
             }
             msg.extend_from_slice(payload);
@@ -179,11 +181,11 @@ fn text(shard: &Shard, st: &mut State, key: ConnKey, payload: &[u8]) -> bool {
             key,
             close::INVALID_DATA,
             "text frame is not UTF-8",
-            false,
+            Notice::CloseFrameOnly,
         );
         return false;
     };
     ShardMetrics::add(&shard.metrics().messages_in, 1);
     pusher::on_message(shard, st, key, text);
-    st.conns.get(key).is_some_and(|c| c.closing.is_none())
+    st.conns.get(key).is_some_and(|c| !c.is_closing())
 }

@@ -5,6 +5,7 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
+use super::outbound::Notice;
 use super::state::{flush_dirty, State};
 use super::{pusher, Shard};
 use crate::bus::{BusMsg, Query};
@@ -80,7 +81,7 @@ fn handle(shard: &Shard, st: &mut State, msg: BusMsg, now: u64) {
                     key,
                     codes::UNAUTHORIZED,
                     "You got disconnected by the app",
-                    true,
+                    Notice::WithPusherError,
                 );
             }
         }
@@ -177,7 +178,7 @@ fn shutdown(shard: &Shard, st: &mut State) {
             key,
             codes::RECONNECT,
             "Server is closing. Please reconnect shortly.",
-            true,
+            Notice::WithPusherError,
         );
     }
 }

@@ -1,214 +1,229 @@
 //! Pusher events from clients: ping, subscribe, unsubscribe, sign-in and client events. Auth is
-//! checked before any state changes; errors answer with `pusher:error` and keep the connection.
+//! checked before any state changes. A handler that refuses a message returns a [`Refusal`];
+//! [`on_message`] answers it with `pusher:error`, and the connection stays open.
 
 use std::sync::Arc;
 
-use super::conn::{SignedIn, Sub, SubState};
+use super::conn::{Conn, SignedIn, Sub, SubState};
+use super::refusal::Refusal;
 use super::state::{index_add, leave_home, unindex, watch, State};
 use super::Shard;
 use crate::auth;
 use crate::bus::Publication;
 use crate::channels::home::Delta;
+use crate::config::AppConfig;
 use crate::ids::{AppIdx, ConnKey};
 use crate::metrics::ShardMetrics;
 use crate::protocol::channel::{self, ChannelKind, ChannelType, SERVER_TO_USER_PREFIX};
+use crate::protocol::encode;
 use crate::protocol::limits::{MAX_EVENT_NAME, MAX_SUBSCRIPTIONS, MAX_WATCHLIST};
-use crate::protocol::message::{self, ClientMessage, Member};
-use crate::protocol::{codes, encode};
+use crate::protocol::message::{self, ClientMessage, Member, Subscribe};
 use crate::webhooks::HookKind;
 
-fn error(shard: &Shard, st: &mut State, key: ConnKey, code: Option<u16>, msg: &str) {
-    shard.send_to(st, key, encode::error(code, msg));
+/// A client message that was acted on.
+#[derive(Debug)]
+enum Accepted {
+    /// In full.
+    Fully,
+    /// In part: the rest was refused, and the client is told after the success answer (a
+    /// watchlist cut to its first ids follows `pusher:signin_success` with 4302).
+    Partly(Refusal),
 }
 
 /// Handles one complete text message.
 pub fn on_message(shard: &Shard, st: &mut State, key: ConnKey, text: &str) {
-    if !take_token(shard, st, key) {
-        let msg = "Too many messages: slow down";
-        return error(shard, st, key, Some(codes::CLIENT_EVENT_REJECTED), msg);
+    match dispatch(shard, st, key, text) {
+        Ok(Accepted::Fully) => {}
+        Ok(Accepted::Partly(refusal)) | Err(refusal) => refuse(shard, st, key, &refusal),
     }
-    let msg = match message::parse(text) {
-        Ok(m) => m,
-        Err(e) => return error(shard, st, key, None, &e.to_string()),
-    };
+}
+
+/// Answers a refusal with its `pusher:error`.
+fn refuse(shard: &Shard, st: &mut State, key: ConnKey, refusal: &Refusal) {
+    shard.send_to(st, key, refusal.frame());
+}
+
+/// Charges the message a token, reads its envelope and hands it to its event's handler.
+fn dispatch(shard: &Shard, st: &mut State, key: ConnKey, text: &str) -> Result<Accepted, Refusal> {
+    take_token(shard, st, key)?;
+    let msg = message::parse(text).map_err(Refusal::BadMessage)?;
     match msg.event.as_ref() {
         "pusher:ping" => shard.send_to(st, key, encode::pong()),
         "pusher:pong" => {}
-        "pusher:subscribe" => subscribe(shard, st, key, &msg),
-        "pusher:unsubscribe" => unsubscribe(shard, st, key, &msg),
-        "pusher:signin" => signin(shard, st, key, &msg),
-        e if e.starts_with("client-") => client_event(shard, st, key, &msg),
+        "pusher:subscribe" => subscribe(shard, st, key, &msg)?,
+        "pusher:unsubscribe" => unsubscribe(shard, st, key, &msg)?,
+        "pusher:signin" => return signin(shard, st, key, &msg),
+        e if e.starts_with("client-") => client_event(shard, st, key, &msg)?,
         e if e.starts_with("pusher:") || e.starts_with("pusher_internal:") => {
             tracing::debug!(event = e, "unknown pusher event from client");
-            error(shard, st, key, None, &format!("Unsupported event {e}"));
+            return Err(Refusal::UnsupportedEvent(e.to_string()));
         }
-        _ => error(
-            shard,
-            st,
-            key,
-            None,
-            "Client events must be prefixed with client-",
-        ),
+        _ => return Err(Refusal::NotClientEvent),
     }
+    Ok(Accepted::Fully)
 }
 
 /// Every message costs a token; tokens refill at `max_messages_per_second` up to
 /// `max_message_burst`. This bounds what one connection can push onto the bus (subscribe and
 /// unsubscribe churn, client events) whatever it sends.
-fn take_token(shard: &Shard, st: &mut State, key: ConnKey) -> bool {
+fn take_token(shard: &Shard, st: &mut State, key: ConnKey) -> Result<(), Refusal> {
     let cfg = &shard.shared.config.server;
     let now = shard.now_ms();
-    let Some(conn) = st.conns.get_mut(key) else {
-        return false;
-    };
-    let (tokens, at) = conn.tokens;
-    let refill = now.saturating_sub(at) * cfg.max_messages_per_second as u64 / 1000;
-    let mut tokens = tokens;
-    let mut at = at;
-    if refill > 0 {
-        tokens = (tokens as u64 + refill).min(cfg.max_message_burst as u64) as u32;
-        at = now;
+    let (rate, burst) = (cfg.max_messages_per_second, cfg.max_message_burst);
+    let taken = st
+        .conns
+        .get_mut(key)
+        .is_some_and(|c| c.tokens.take(now, rate, burst));
+    if taken {
+        Ok(())
+    } else {
+        Err(Refusal::TooManyMessages)
     }
-    if tokens == 0 {
-        conn.tokens = (0, at);
-        return false;
-    }
-    conn.tokens = (tokens - 1, at);
-    true
 }
 
-fn subscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_>) {
-    let sub = match message::subscribe(msg.data.as_deref()) {
-        Ok(s) => s,
-        Err(e) => return error(shard, st, key, None, &e.to_string()),
-    };
+/// `pusher:subscribe`: checks the channel and the connection's right to it, then joins at once
+/// or, for presence, through the channel's home shard.
+fn subscribe(
+    shard: &Shard,
+    st: &mut State,
+    key: ConnKey,
+    msg: &ClientMessage<'_>,
+) -> Result<(), Refusal> {
+    let sub = message::subscribe(msg.data.as_deref()).map_err(Refusal::BadMessage)?;
     let max_len = shard.shared.config.server.max_channel_name_length;
-    let ty = match channel::classify(&sub.channel, max_len) {
-        Ok(t) => t,
-        Err(e) => return error(shard, st, key, None, &format!("{e}: {}", sub.channel)),
-    };
+    let ty = channel::classify(&sub.channel, max_len).map_err(|error| Refusal::BadChannelName {
+        channel: sub.channel.clone(),
+        error,
+    })?;
     let Some(conn) = st.conns.get(key) else {
-        return;
+        return Ok(());
     };
     let app = conn.app;
-    let cfg = shard.shared.app(app);
-    if conn.sub(&sub.channel).is_some() {
-        return error(
-            shard,
-            st,
-            key,
-            None,
-            &format!("Existing subscription to channel {}", sub.channel),
-        );
-    }
-    if conn.subs.len() >= MAX_SUBSCRIPTIONS {
-        return error(
-            shard,
-            st,
-            key,
-            None,
-            &format!("Too many subscriptions (limit {MAX_SUBSCRIPTIONS})"),
-        );
-    }
-    let auth = sub.auth.as_deref().unwrap_or("");
-    let mut member = None;
-    match ty.kind {
-        ChannelKind::Public => {}
-        ChannelKind::ServerToUser => {
-            let wanted = &sub.channel[SERVER_TO_USER_PREFIX.len()..];
-            if conn.user.as_ref().map(|u| &*u.id) != Some(wanted) {
-                return error(
-                    shard,
-                    st,
-                    key,
-                    None,
-                    "Subscription to #server-to-user channels requires signing in as that user",
-                );
-            }
-        }
-        ChannelKind::Private | ChannelKind::Encrypted => {
-            let to_sign = auth::channel_string(&conn.socket_id, &sub.channel, None);
-            if !auth::check_client_auth(&cfg.key, &cfg.secret, &to_sign, auth) {
-                return auth_error(shard, st, key, &to_sign, auth);
-            }
-        }
-        ChannelKind::Presence => {
-            let m = match &sub.channel_data {
-                Some(data) => {
-                    let to_sign = auth::channel_string(&conn.socket_id, &sub.channel, Some(data));
-                    if !auth::check_client_auth(&cfg.key, &cfg.secret, &to_sign, auth) {
-                        return auth_error(shard, st, key, &to_sign, auth);
-                    }
-                    match message::presence_member(
-                        data,
-                        cfg.max_user_id_length,
-                        cfg.max_presence_user_info,
-                    ) {
-                        Ok(m) => Arc::new(m),
-                        Err(e) => {
-                            return error(
-                                shard,
-                                st,
-                                key,
-                                None,
-                                &format!("Invalid channel_data: {e}"),
-                            )
-                        }
-                    }
-                }
-                None => {
-                    // A signed-in connection may join without channel_data: the sign-in's user
-                    // is the member, and the signature covers socket_id:channel.
-                    let Some(user) = &conn.user else {
-                        return error(
-                            shard,
-                            st,
-                            key,
-                            None,
-                            "Presence subscriptions require channel_data",
-                        );
-                    };
-                    let m = user.member.clone();
-                    let to_sign = auth::channel_string(&conn.socket_id, &sub.channel, None);
-                    if !auth::check_client_auth(&cfg.key, &cfg.secret, &to_sign, auth) {
-                        return auth_error(shard, st, key, &to_sign, auth);
-                    }
-                    m
-                }
-            };
-            member = Some(m);
-        }
-    }
+    let member = admit(shard.shared.app(app), conn, &sub, ty)?;
     let channel = st.intern(app, &sub.channel);
     let Some(conn) = st.conns.get_mut(key) else {
-        return;
+        return Ok(());
     };
     if ty.needs_auth() {
         conn.auth_deadline = None;
     }
-    if let Some(m) = member {
-        conn.subs.push(Sub {
-            channel: channel.clone(),
-            ty,
-            state: SubState::Pending,
-            member: Some(m.clone()),
-            slot: 0,
-        });
-        let socket_id = conn.socket_id.shared();
-        let from = shard.conn_ref(key);
-        shard.to_home(
-            app,
-            &channel,
-            Delta::Join {
-                app,
-                channel: channel.clone(),
-                member: m,
-                conn: from,
-                socket_id,
-            },
-        );
-        return;
+    match member {
+        Some(member) => join_presence(shard, conn, key, app, channel, ty, member),
+        None => join_now(shard, st, key, app, channel, ty),
     }
+    Ok(())
+}
+
+/// Whether `conn` may join `sub.channel`: not joined yet, under the subscription limit, and
+/// entitled to the channel's kind. For presence, returns the member to join as.
+fn admit(
+    cfg: &AppConfig,
+    conn: &Conn,
+    sub: &Subscribe,
+    ty: ChannelType,
+) -> Result<Option<Arc<Member>>, Refusal> {
+    if conn.sub(&sub.channel).is_some() {
+        return Err(Refusal::AlreadySubscribed(sub.channel.clone()));
+    }
+    if conn.subs.len() >= MAX_SUBSCRIPTIONS {
+        return Err(Refusal::TooManySubscriptions);
+    }
+    let auth = sub.auth.as_deref().unwrap_or("");
+    match ty.kind {
+        ChannelKind::Public => Ok(None),
+        ChannelKind::ServerToUser => {
+            let wanted = &sub.channel[SERVER_TO_USER_PREFIX.len()..];
+            if conn.user.as_ref().map(|u| &*u.id) != Some(wanted) {
+                return Err(Refusal::NotThatUser);
+            }
+            Ok(None)
+        }
+        ChannelKind::Private | ChannelKind::Encrypted => {
+            authorize_subscription(cfg, conn, &sub.channel, None, auth)?;
+            Ok(None)
+        }
+        ChannelKind::Presence => presence_member(cfg, conn, sub, auth).map(Some),
+    }
+}
+
+/// The member a presence subscription joins as: the signed `channel_data`, or, for a
+/// signed-in connection that sends none, the sign-in's user (the signature then covers
+/// `socket_id:channel` only).
+fn presence_member(
+    cfg: &AppConfig,
+    conn: &Conn,
+    sub: &Subscribe,
+    auth: &str,
+) -> Result<Arc<Member>, Refusal> {
+    let Some(data) = &sub.channel_data else {
+        let user = conn.user.as_ref().ok_or(Refusal::NoChannelData)?;
+        authorize_subscription(cfg, conn, &sub.channel, None, auth)?;
+        return Ok(user.member.clone());
+    };
+    authorize_subscription(cfg, conn, &sub.channel, Some(data), auth)?;
+    let max_id = cfg.max_user_id_length;
+    let member = message::presence_member(data, max_id, cfg.max_presence_user_info)
+        .map_err(Refusal::BadChannelData)?;
+    Ok(Arc::new(member))
+}
+
+/// Checks a subscription's `auth` against the app's signature of
+/// `socket_id:channel[:channel_data]`, in constant time.
+fn authorize_subscription(
+    cfg: &AppConfig,
+    conn: &Conn,
+    channel: &str,
+    channel_data: Option<&str>,
+    auth: &str,
+) -> Result<(), Refusal> {
+    let to_sign = auth::channel_string(&conn.socket_id, channel, channel_data);
+    if auth::check_client_auth(&cfg.key, &cfg.secret, &to_sign, auth) {
+        return Ok(());
+    }
+    Err(Refusal::BadChannelSignature {
+        to_sign,
+        got: auth.to_string(),
+    })
+}
+
+/// A presence subscription waits, pending, for the home shard to add the member; the answer
+/// arrives in [`presence_joined`].
+fn join_presence(
+    shard: &Shard,
+    conn: &mut Conn,
+    key: ConnKey,
+    app: AppIdx,
+    channel: Arc<str>,
+    ty: ChannelType,
+    member: Arc<Member>,
+) {
+    conn.subs.push(Sub {
+        channel: channel.clone(),
+        ty,
+        state: SubState::Pending,
+        member: Some(member.clone()),
+        slot: 0,
+    });
+    let delta = Delta::Join {
+        app,
+        channel: channel.clone(),
+        member,
+        conn: shard.conn_ref(key),
+        socket_id: conn.socket_id.shared(),
+    };
+    shard.to_home(app, &channel, delta);
+}
+
+/// Any other subscription is active at once: indexed, answered, and counted at the home shard
+/// (a user's own `#server-to-user-` channel is not counted).
+fn join_now(
+    shard: &Shard,
+    st: &mut State,
+    key: ConnKey,
+    app: AppIdx,
+    channel: Arc<str>,
+    ty: ChannelType,
+) {
     let slot = index_add(&mut st.index[app.0 as usize], &channel, key);
     if let Some(conn) = st.conns.get_mut(key) {
         conn.subs.push(Sub {
@@ -222,14 +237,11 @@ fn subscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_
     shard.send_to(st, key, encode::subscription_succeeded(&channel));
     after_join(shard, st, key, app, &channel, ty);
     if ty.kind != ChannelKind::ServerToUser {
-        shard.to_home(
+        let delta = Delta::Subscribed {
             app,
-            &channel,
-            Delta::Subscribed {
-                app,
-                channel: channel.clone(),
-            },
-        );
+            channel: channel.clone(),
+        };
+        shard.to_home(app, &channel, delta);
     }
 }
 
@@ -257,36 +269,20 @@ pub fn after_join(
     shard.send_to(st, key, frame);
 }
 
-/// A signature mismatch, worded like the real service. Subscriptions answer with code null
-/// (as Pusher does; clients such as pysher treat 4000-4099 as fatal and would drop the whole
-/// connection), sign-ins with 4009.
-fn auth_error(shard: &Shard, st: &mut State, key: ConnKey, to_sign: &str, got: &str) {
-    sig_error(shard, st, key, None, to_sign, got);
-}
-
-fn sig_error(
+/// `pusher:unsubscribe`: leaves the channel; a channel not joined gets no answer.
+fn unsubscribe(
     shard: &Shard,
     st: &mut State,
     key: ConnKey,
-    code: Option<u16>,
-    to_sign: &str,
-    got: &str,
-) {
-    let msg =
-        format!("Invalid signature: Expected HMAC SHA256 hex digest of {to_sign}, but got {got}");
-    error(shard, st, key, code, &msg);
-}
-
-fn unsubscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_>) {
-    let Ok(sub) = message::subscribe(msg.data.as_deref()) else {
-        return error(shard, st, key, None, "Invalid data for pusher:unsubscribe");
-    };
+    msg: &ClientMessage<'_>,
+) -> Result<(), Refusal> {
+    let sub = message::subscribe(msg.data.as_deref()).map_err(|_| Refusal::BadUnsubscribe)?;
     let Some(conn) = st.conns.get_mut(key) else {
-        return;
+        return Ok(());
     };
     let app = conn.app;
     let Some(pos) = conn.subs.iter().position(|s| *s.channel == *sub.channel) else {
-        return; // no reply for unsubscribing from a channel not joined
+        return Ok(()); // no reply for unsubscribing from a channel not joined
     };
     let removed = conn.subs.swap_remove(pos);
     if removed.state == SubState::Active {
@@ -295,49 +291,41 @@ fn unsubscribe(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<
             leave_home(shard, app, &removed);
         }
     }
+    Ok(())
 }
 
-fn signin(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_>) {
-    let s = match message::signin(msg.data.as_deref()) {
-        Ok(s) => s,
-        Err(e) => return error(shard, st, key, Some(codes::UNAUTHORIZED), &e.to_string()),
-    };
+/// `pusher:signin`: checks the signature and the user data, records the user, answers
+/// `pusher:signin_success` and, with watchlist events on, registers the user and their watchlist
+/// at the home shards. A watchlist over [`MAX_WATCHLIST`] is cut to its first ids, and the
+/// sign-in is accepted only [`Accepted::Partly`].
+fn signin(
+    shard: &Shard,
+    st: &mut State,
+    key: ConnKey,
+    msg: &ClientMessage<'_>,
+) -> Result<Accepted, Refusal> {
+    let s = message::signin(msg.data.as_deref()).map_err(Refusal::BadSignin)?;
     let Some(conn) = st.conns.get(key) else {
-        return;
+        return Ok(Accepted::Fully);
     };
     let app = conn.app;
     let cfg = shard.shared.app(app);
     let to_sign = auth::user_string(&conn.socket_id, &s.user_data);
     if !auth::check_client_auth(&cfg.key, &cfg.secret, &to_sign, &s.auth) {
-        return sig_error(shard, st, key, Some(codes::UNAUTHORIZED), &to_sign, &s.auth);
+        return Err(Refusal::BadUserSignature {
+            to_sign,
+            got: s.auth,
+        });
     }
-    let data = match message::user_data(
-        &s.user_data,
-        cfg.max_user_id_length,
-        cfg.max_presence_user_info,
-    ) {
-        Ok(d) => d,
-        Err(e) => {
-            return error(
-                shard,
-                st,
-                key,
-                Some(codes::UNAUTHORIZED),
-                &format!("Invalid user_data: {e}"),
-            )
-        }
-    };
+    let max_id = cfg.max_user_id_length;
+    let data = message::user_data(&s.user_data, max_id, cfg.max_presence_user_info)
+        .map_err(Refusal::BadUserData)?;
     if let Some(existing) = &conn.user {
         if *existing.id != *data.member.key {
-            return error(
-                shard,
-                st,
-                key,
-                Some(codes::UNAUTHORIZED),
-                "Connection is already signed in as a different user",
-            );
+            return Err(Refusal::SignedInAsOther);
         }
-        return shard.send_to(st, key, signin_success(&s.user_data));
+        shard.send_to(st, key, signin_success(&s.user_data));
+        return Ok(Accepted::Fully);
     }
     let id: Arc<str> = data.member.key.as_str().into();
     let mut watchlist: Vec<Arc<str>> = Vec::new();
@@ -351,7 +339,7 @@ fn signin(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_>) 
             .collect();
     }
     let Some(conn) = st.conns.get_mut(key) else {
-        return;
+        return Ok(Accepted::Fully);
     };
     conn.auth_deadline = None;
     conn.user = Some(Box::new(SignedIn {
@@ -364,28 +352,22 @@ fn signin(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_>) 
         .or_default()
         .push(key);
     shard.send_to(st, key, signin_success(&s.user_data));
-    if cfg.watchlist_events {
-        if over {
-            error(
-                shard,
-                st,
-                key,
-                Some(codes::WATCHLIST_LIMIT),
-                &format!(
-                    "Watchlist limit exceeded: only the first {MAX_WATCHLIST} user ids are watched"
-                ),
-            );
-        }
-        shard.to_home(
-            app,
-            &id,
-            Delta::SignedIn {
-                app,
-                user: id.clone(),
-            },
-        );
-        watch(shard, app, key, &watchlist, true);
+    if !cfg.watchlist_events {
+        return Ok(Accepted::Fully);
     }
+    // These go to home shards over the bus and queue nothing on this connection, so the 4302
+    // that the caller sends still comes right after signin_success.
+    let delta = Delta::SignedIn {
+        app,
+        user: id.clone(),
+    };
+    shard.to_home(app, &id, delta);
+    watch(shard, app, key, &watchlist, true);
+    Ok(if over {
+        Accepted::Partly(Refusal::WatchlistTruncated)
+    } else {
+        Accepted::Fully
+    })
 }
 
 fn signin_success(user_data: &str) -> bytes::Bytes {
@@ -393,87 +375,56 @@ fn signin_success(user_data: &str) -> bytes::Bytes {
     encode::event_with_string_data("pusher:signin_success", None, &inner)
 }
 
-fn client_event(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage<'_>) {
+/// A `client-` event: allowed for the app, on an active private or presence subscription,
+/// within the rate and size limits; then published to the channel's other subscribers on every
+/// shard, with the sender's user id on presence channels.
+fn client_event(
+    shard: &Shard,
+    st: &mut State,
+    key: ConnKey,
+    msg: &ClientMessage<'_>,
+) -> Result<(), Refusal> {
     let now = shard.now_ms();
     let Some(conn) = st.conns.get_mut(key) else {
-        return;
+        return Ok(());
     };
     let app = conn.app;
     let cfg = shard.shared.app(app);
     if !cfg.client_events {
-        return error(
-            shard,
-            st,
-            key,
-            None,
-            "To send client events, you must enable this feature for the app",
-        );
+        return Err(Refusal::ClientEventsDisabled);
     }
-    let Some(channel) = msg.channel.as_deref() else {
-        return error(shard, st, key, None, "Client events need a channel");
-    };
+    let channel = msg.channel.as_deref().ok_or(Refusal::NoChannel)?;
     let Some(sub) = conn
         .subs
         .iter()
         .find(|s| &*s.channel == channel && s.state == SubState::Active)
     else {
-        let m = format!(
-            "Cannot broadcast client event (connection not subscribed to channel {channel})"
-        );
-        return error(shard, st, key, None, &m);
+        return Err(Refusal::NotSubscribed(channel.to_string()));
     };
     if !sub.ty.allows_client_events() {
-        return error(
-            shard,
-            st,
-            key,
-            None,
-            "Client events are only allowed on private and presence channels",
-        );
+        return Err(Refusal::ClientEventsForbidden);
     }
-    // A one-second window that opens with the first event after the previous one closed, so
-    // a burst is judged the same wherever the clock's second boundaries fall.
-    if now.saturating_sub(conn.rate.0) >= 1000 {
-        conn.rate = (now, 0);
-    }
-    conn.rate.1 += 1;
-    if conn.rate.1 > cfg.client_event_rate {
-        return error(
-            shard,
-            st,
-            key,
-            Some(codes::CLIENT_EVENT_REJECTED),
-            "Client event rejected due to rate limit",
-        );
+    if !conn.rate.admit(now, cfg.client_event_rate) {
+        return Err(Refusal::ClientEventRateLimit);
     }
     let data = msg.data.as_deref().unwrap_or("null");
     if data.len() > cfg.max_event_data || msg.event.len() > MAX_EVENT_NAME {
-        return error(
-            shard,
-            st,
-            key,
-            Some(codes::CLIENT_EVENT_REJECTED),
-            "Client event rejected: event name or data too large",
-        );
+        return Err(Refusal::ClientEventTooLarge);
     }
-    let user_id = match (&sub.member, sub.ty.kind) {
-        (Some(m), ChannelKind::Presence) => Some(m.raw_id.clone()),
-        _ => None,
-    };
+    let presence_member = sub
+        .member
+        .as_ref()
+        .filter(|_| sub.ty.kind == ChannelKind::Presence);
+    let user_id = presence_member.map(|m| m.raw_id.clone());
     let channel = sub.channel.clone();
     let json = encode::event_json(&msg.event, Some(&channel), Some(data), user_id.as_deref());
     let frame = crate::ws::codec::text(json.as_bytes());
     ShardMetrics::add(&shard.metrics().client_events, 1);
-    let hook_user = sub
-        .member
-        .as_ref()
-        .filter(|_| sub.ty.kind == ChannelKind::Presence)
-        .map(|m| m.key.clone());
     let hook = HookKind::ClientEvent {
         event: msg.event.to_string(),
         data: data.to_string(),
         socket_id: conn.socket_id.to_string(),
-        user_id: hook_user,
+        user_id: presence_member.map(|m| m.key.clone()),
     };
     shard.hook(app, &channel, hook);
     shard.publish_everywhere(Publication {
@@ -484,6 +435,7 @@ fn client_event(shard: &Shard, st: &mut State, key: ConnKey, msg: &ClientMessage
         cache_data: None,
         essential: false,
     });
+    Ok(())
 }
 
 /// Handles the home shard's answer to a presence join made from this shard.
@@ -531,7 +483,7 @@ pub fn presence_joined(
                 c.subs
                     .retain(|s| !(*s.channel == **channel && s.state == SubState::Pending));
             }
-            error(shard, st, key, None, &msg);
+            refuse(shard, st, key, &Refusal::PresenceJoinRefused(msg));
         }
     }
 }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use super::conn::Conn;
+use super::outbound::Outbound;
+use super::rate::{RateWindow, TokenBucket};
 use super::sock::{self, Recv};
 use super::state::{flush_dirty, remove_conn};
 use super::{frames, Shard};
@@ -284,16 +286,12 @@ fn register(shard: &Rc<Shard>, stream: Rc<TcpStream>, app: AppIdx) -> crate::ids
         socket_id: socket_id.clone(),
         subs: Vec::new(),
         user: None,
-        out: Default::default(),
-        out_bytes: 0,
-        writer_active: false,
-        dirty: false,
-        closing: None,
+        out: Outbound::default(),
         last_rx: now,
         ping_sent: None,
         auth_deadline,
-        rate: (0, 0),
-        tokens: (shard.shared.config.server.max_message_burst, now),
+        rate: RateWindow::default(),
+        tokens: TokenBucket::full(shard.shared.config.server.max_message_burst, now),
         partial: Vec::new(),
         fragments: None,
     });

@@ -2,11 +2,10 @@
 //! direct `recv`/`sendmsg` calls, so idle connections own no buffer and a connection's queued
 //! frames leave in one gather-send.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 
-use bytes::{Buf, Bytes};
+use super::outbound::OutQueue;
 
 /// Outcome of a read attempt.
 pub enum Recv {
@@ -51,16 +50,17 @@ pub enum Flush {
 /// Most buffers gathered into one `sendmsg`.
 const MAX_IOV: usize = 64;
 
-/// Sends queued frames without blocking, gathering up to 64 of them per call. Sent bytes leave
-/// the queue (a partly sent frame is advanced in place); `queued` is kept in step.
-pub fn flush(fd: RawFd, out: &mut VecDeque<Bytes>, queued: &mut usize) -> Flush {
+/// Sends queued frames without blocking, gathering up to 64 of them per call. What the kernel
+/// takes leaves the queue (a partly sent frame is advanced in place, and the queue's byte count
+/// follows).
+pub fn flush(fd: RawFd, out: &mut OutQueue) -> Flush {
     while !out.is_empty() {
         let mut iov: [libc::iovec; MAX_IOV] = [libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         }; MAX_IOV];
         let mut count = 0;
-        for b in out.iter().take(MAX_IOV) {
+        for b in out.frames().take(MAX_IOV) {
             iov[count] = libc::iovec {
                 iov_base: b.as_ptr() as *mut _,
                 iov_len: b.len(),
@@ -81,18 +81,7 @@ pub fn flush(fd: RawFd, out: &mut VecDeque<Bytes>, queued: &mut usize) -> Flush 
                 _ => return Flush::Failed,
             }
         }
-        let mut sent = n as usize;
-        *queued -= sent;
-        while sent > 0 {
-            let Some(front) = out.front_mut() else { break };
-            if front.len() <= sent {
-                sent -= front.len();
-                out.pop_front();
-            } else {
-                front.advance(sent);
-                sent = 0;
-            }
-        }
+        out.consume(n as usize);
     }
     Flush::Done
 }
@@ -126,5 +115,63 @@ pub fn shutdown(fd: RawFd, how: libc::c_int) {
     // SAFETY: shutting down a socket we own has no memory-safety requirements.
     unsafe {
         libc::shutdown(fd, how);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    #[test]
+    fn flush_sends_the_queue_in_order_and_keeps_the_count_when_the_socket_fills() {
+        let (a, mut b) = UnixStream::pair().expect("socket pair");
+        let mut q = OutQueue::default();
+        let mut sent = Vec::new();
+        // More frames than one gather-send takes, more bytes than the socket buffers hold.
+        for i in 0..200u32 {
+            let frame: Vec<u8> = (0..10_000u32).map(|j| (i + j) as u8).collect();
+            sent.extend_from_slice(&frame);
+            q.push(Bytes::from(frame));
+        }
+        let mut received = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let before = q.bytes();
+            let outcome = flush(a.as_raw_fd(), &mut q);
+            let queued: usize = q.frames().map(<[u8]>::len).sum();
+            assert_eq!(q.bytes(), queued, "the count follows what is left");
+            assert_eq!(before - q.bytes(), sent.len() - received.len() - q.bytes());
+            if outcome == Flush::Done {
+                assert!(q.is_empty());
+                break;
+            }
+            assert_eq!(outcome, Flush::Blocked);
+            // Drain what the peer got, so the next flush can go on.
+            let mut waiting = sent.len() - received.len() - q.bytes();
+            while waiting > 0 {
+                let n = b.read(&mut buf).expect("read");
+                received.extend_from_slice(&buf[..n]);
+                waiting -= n;
+            }
+        }
+        drop(a);
+        b.read_to_end(&mut received).expect("read the rest");
+        assert!(received == sent, "bytes arrive whole and in order");
+    }
+
+    #[test]
+    fn flush_reports_a_failed_socket() {
+        let (a, b) = UnixStream::pair().expect("socket pair");
+        drop(b);
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"frame"));
+        assert_eq!(flush(a.as_raw_fd(), &mut q), Flush::Failed);
+        assert_eq!(q.bytes(), 5, "nothing was taken");
     }
 }

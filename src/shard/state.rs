@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::conn::{Conn, Queued, Slab, SubState};
+use super::conn::{Conn, Slab, SubState};
+use super::outbound::{Backlog, NeedsFlush, Notice, Queued};
 use super::sock::{self, Flush};
 use super::Shard;
 use crate::bus::{BusMsg, Publication};
@@ -93,9 +94,9 @@ impl Shard {
         let Some(conn) = st.conns.get_mut(key) else {
             return;
         };
-        match conn.queue(frame, limit) {
-            Queued::Ok(true) => st.dirty.push(key),
-            Queued::Ok(false) | Queued::Closing => {}
+        match enqueue(conn, frame, limit) {
+            Queued::NewlyDirty => st.dirty.push(key),
+            Queued::Added | Queued::Closing => {}
             Queued::Overflow => self.close_slow(st, key),
         }
     }
@@ -107,21 +108,23 @@ impl Shard {
         let Some(conn) = st.conns.get_mut(key) else {
             return;
         };
-        if conn.closing.is_some() {
+        if conn.is_closing() {
             return;
         }
         ShardMetrics::add(&self.metrics().slow_consumers, 1);
         let reason = "Outbound buffer full: client too slow";
-        if conn.start_close(codes::OVER_CAPACITY, reason, true, true, now) {
+        let (notice, backlog) = (Notice::WithPusherError, Backlog::Discard);
+        if conn.start_close(codes::OVER_CAPACITY, reason, notice, backlog, now) {
             st.dirty.push(key);
         }
     }
 
-    /// Starts closing a connection with a Pusher or WebSocket code.
-    pub fn close(&self, st: &mut State, key: ConnKey, code: u16, reason: &str, pusher_error: bool) {
+    /// Starts closing a connection with a Pusher or WebSocket code; what was queued still goes
+    /// out first.
+    pub fn close(&self, st: &mut State, key: ConnKey, code: u16, reason: &str, notice: Notice) {
         let now = self.now_ms();
         if let Some(conn) = st.conns.get_mut(key) {
-            if conn.start_close(code, reason, pusher_error, false, now) {
+            if conn.start_close(code, reason, notice, Backlog::Keep, now) {
                 st.dirty.push(key);
             }
         }
@@ -164,13 +167,12 @@ impl Shard {
                     continue;
                 }
             }
-            match conn.queue(frame.clone(), limit) {
-                Queued::Ok(newly) => {
+            match enqueue(conn, frame.clone(), limit) {
+                Queued::NewlyDirty => {
                     delivered += 1;
-                    if newly {
-                        st.dirty.push(key);
-                    }
+                    st.dirty.push(key);
                 }
+                Queued::Added => delivered += 1,
                 Queued::Overflow => overflow.push(key),
                 Queued::Closing => {}
             }
@@ -224,6 +226,21 @@ impl Shard {
     }
 }
 
+/// Queues a frame on a connection. Over budget only counts for what the kernel will not take:
+/// when the connection asks for it, what is queued is sent now and the frame tried once more, so
+/// a burst queued within one batch reaches the socket before the connection is judged slow.
+fn enqueue(conn: &mut Conn, frame: Bytes, limit: usize) -> Queued {
+    match conn.queue(frame, limit) {
+        Ok(queued) => queued,
+        Err(NeedsFlush(frame)) => {
+            // Only the room made counts here. A connection with output and no writer task is on
+            // the dirty list, so flush_dirty meets a blocked or failed socket again.
+            let _ = sock::flush(conn.fd, &mut conn.out.queue);
+            conn.queue_after_flush(frame, limit)
+        }
+    }
+}
+
 /// Connections flushed per turn. A big fan-out flushes in slices, yielding in between, so HTTP
 /// requests and reads on the same shard are not stuck behind thousands of sends.
 const FLUSH_BUDGET: usize = 256;
@@ -240,14 +257,14 @@ pub fn flush_dirty(shard: &Rc<Shard>) -> bool {
         let Some(conn) = st.conns.get_mut(key) else {
             continue;
         };
-        conn.dirty = false;
-        if conn.writer_active {
+        conn.out.dirty = false;
+        if conn.out.writer_active {
             continue;
         }
-        match sock::flush(conn.fd, &mut conn.out, &mut conn.out_bytes) {
+        match sock::flush(conn.fd, &mut conn.out.queue) {
             Flush::Done => after_flush(conn),
             Flush::Blocked => {
-                conn.writer_active = true;
+                conn.out.writer_active = true;
                 monoio::spawn(writer(shard.clone(), key));
             }
             Flush::Failed => fail(conn),
@@ -262,23 +279,17 @@ pub fn flush_dirty(shard: &Rc<Shard>) -> bool {
     more
 }
 
+/// Everything queued was sent.
 fn after_flush(conn: &mut Conn) {
-    // A burst can leave a large ring behind; idle connections should not keep it.
-    if conn.out.capacity() > 16 {
-        conn.out = Default::default();
-    }
-    if conn.closing.is_some() && conn.out.is_empty() {
+    if conn.out.flushed() {
         // Everything, including our close frame, is out: send FIN and wait for the peer's.
         sock::shutdown(conn.fd, libc::SHUT_WR);
     }
 }
 
+/// The socket failed: drop what was queued and cut it; the read loop then sees EOF.
 fn fail(conn: &mut Conn) {
-    conn.out.clear();
-    conn.out_bytes = 0;
-    if conn.closing.is_none() {
-        conn.closing = Some(0);
-    }
+    conn.out.fail();
     sock::shutdown(conn.fd, libc::SHUT_RDWR);
 }
 
@@ -294,19 +305,19 @@ async fn writer(shard: Rc<Shard>, key: ConnKey) {
             return;
         };
         if ready.is_err() {
-            conn.writer_active = false;
+            conn.out.writer_active = false;
             fail(conn);
             return;
         }
-        match sock::flush(conn.fd, &mut conn.out, &mut conn.out_bytes) {
+        match sock::flush(conn.fd, &mut conn.out.queue) {
             Flush::Done => {
-                conn.writer_active = false;
+                conn.out.writer_active = false;
                 after_flush(conn);
                 return;
             }
             Flush::Blocked => continue,
             Flush::Failed => {
-                conn.writer_active = false;
+                conn.out.writer_active = false;
                 fail(conn);
                 return;
             }
@@ -325,7 +336,7 @@ pub fn remove_conn(shard: &Rc<Shard>, key: ConnKey) {
     // that half-closed and stopped reading would never make it writable (with epoll nothing
     // else wakes it), so shut the socket down: the writer wakes, finds no connection, and the
     // descriptor is released.
-    if conn.writer_active {
+    if conn.out.writer_active {
         sock::shutdown(conn.fd, libc::SHUT_RDWR);
     }
     let app = conn.app;

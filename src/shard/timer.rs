@@ -4,6 +4,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::outbound::Notice;
 use super::sock;
 use super::state::{flush_dirty, CLOSE_LINGER_MS};
 use super::Shard;
@@ -23,8 +24,8 @@ pub async fn tick(shard: Rc<Shard>) {
             let mut to_close = Vec::new();
             let mut to_ping = Vec::new();
             for (key, c) in st.conns.iter_mut() {
-                if let Some(since) = c.closing {
-                    if now.saturating_sub(since) > CLOSE_LINGER_MS {
+                if c.is_closing() {
+                    if c.out.closing.cut_due(now, CLOSE_LINGER_MS) {
                         sock::shutdown(c.fd, libc::SHUT_RDWR);
                     }
                     continue;
@@ -55,7 +56,7 @@ pub async fn tick(shard: Rc<Shard>) {
                 shard.send_to(&mut st, key, encode::ping());
             }
             for (key, code, reason) in to_close {
-                shard.close(&mut st, key, code, reason, true);
+                shard.close(&mut st, key, code, reason, Notice::WithPusherError);
             }
             for cache in st.cache.iter_mut() {
                 cache.retain(|_, e| e.expires > now);
