@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what tests/compat.sh needs: the npm packages of tests/node (from package-lock.json)
-# and the PyPI packages of tests/python/requirements.txt (into tests/python/.venv).
+# Installs what the tests need: the npm packages of tests/node (from package-lock.json), the
+# PyPI packages of tests/python/requirements.txt (into tests/python/.venv), and Debian's
+# redis-server for the cluster tests.
 # Idempotent; needs Node >= 20 with npm and Python >= 3.9 on PATH, and registry access only.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,4 +31,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   fi
 fi
 "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$HERE/python/requirements.txt"
+echo "== redis-server (the cluster tests start their own instances) =="
+if ! command -v redis-server >/dev/null; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+    # Debian starts a system instance on install; the tests do not use it.
+    (service redis-server stop || pkill -x redis-server || true) >/dev/null 2>&1
+  else
+    echo "install-compat-deps.sh: redis-server not found; install Debian's redis-server" >&2
+    exit 1
+  fi
+fi
 echo "install-compat-deps.sh: done"

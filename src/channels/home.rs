@@ -713,7 +713,7 @@ impl Home {
         out: &mut Vec<Effect>,
     ) {
         let mut subs: HashMap<(AppIdx, Arc<str>), u32> = HashMap::new();
-        let mut members: HashMap<(AppIdx, Arc<str>, Arc<str>), (Arc<Member>, u32)> = HashMap::new();
+        let mut members: HashMap<MemberKey, (Arc<Member>, u32)> = HashMap::new();
         let mut users: HashMap<(AppIdx, Arc<str>), u32> = HashMap::new();
         for e in entries {
             match e {
@@ -954,6 +954,9 @@ impl Home {
             .is_some_and(|u| !u.conns.is_empty())
     }
 }
+
+/// (app, channel, member key).
+type MemberKey = (AppIdx, Arc<str>, Arc<str>);
 
 fn snap_key(e: &SnapEntry) -> (AppIdx, &str, &str) {
     match e {

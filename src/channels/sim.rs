@@ -517,6 +517,8 @@ impl Sim {
                     .inbox
                     .push_back(Msg::Notice { to, frame }),
                 Effect::Hook { channel, kind, .. } => self.hooks.push((channel, kind)),
+                // The simulated shards are one node: their homes do not replicate.
+                Effect::Replicate(d) => panic!("a single-node home replicated {d:?}"),
             }
         }
     }

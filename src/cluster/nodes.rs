@@ -139,7 +139,7 @@ mod tests {
         assert_eq!(n.heard(me, 0), None);
         assert_eq!(n.heard(a, 0), Some(Change::Joined(a)));
         assert_eq!(n.heard(a, 5_000), None);
-        assert_eq!(n.heard(b, 1_000), Some(Change::Joined(b)));
+        assert_eq!(n.heard(b, 6_000), Some(Change::Joined(b)));
         assert!(n.expire(15_000).is_empty());
         assert_eq!(n.expire(15_001), vec![Change::Gone(a, Why::Silent)]);
         assert_eq!(n.live(), vec![me, b]);
