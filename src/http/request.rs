@@ -63,7 +63,12 @@ pub enum Parsed {
 pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
+    // The limit is on the head's length, however its bytes arrived: a head that came in one
+    // read is held to it as much as one that trickled in.
     let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+            return Parsed::Error(431, "request head too large");
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > MAX_HEAD {
@@ -216,6 +221,28 @@ mod tests {
             panic!()
         };
         assert!(!r.keep_alive);
+    }
+
+    #[test]
+    fn head_limit_is_on_the_head_however_it_arrived() {
+        let head = |len: usize| {
+            let start = "GET / HTTP/1.1\r\nX: ";
+            let pad = "v".repeat(len - start.len() - 4);
+            format!("{start}{pad}\r\n\r\n").into_bytes()
+        };
+        let fits = head(MAX_HEAD);
+        assert!(matches!(parse(&fits, 10), Parsed::Complete(_, n) if n == MAX_HEAD));
+        // One byte more, complete in one buffer, with or without bytes after it.
+        let mut over = head(MAX_HEAD + 1);
+        assert!(matches!(parse(&over, 10), Parsed::Error(431, _)));
+        over.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(matches!(parse(&over, 10), Parsed::Error(431, _)));
+        // Incomplete: refused once the buffer holds more than the limit.
+        assert!(matches!(parse(&over[..MAX_HEAD], 10), Parsed::Partial));
+        assert!(matches!(
+            parse(&over[..MAX_HEAD + 1], 10),
+            Parsed::Error(431, _)
+        ));
     }
 
     #[test]
