@@ -19,6 +19,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
+    /// The HTTP/1.x minor version: 0 or 1.
+    pub minor_version: u8,
 }
 
 impl Request {
@@ -38,10 +40,12 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Whether this asks for a WebSocket upgrade.
+    /// Whether this is meant as a WebSocket opening handshake, valid or not: an `Upgrade`
+    /// header holding `websocket`, or any request for the WebSocket path `/app/...` (answered
+    /// 400 by the handshake when it is not a valid upgrade, rather than 404 by the API).
     pub fn is_upgrade(&self) -> bool {
-        self.header("upgrade")
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        crate::ws::handshake::has_token(&self.headers, "upgrade", "websocket")
+            || self.path.starts_with("/app/")
     }
 }
 
@@ -86,6 +90,7 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
     let version = req.version.unwrap_or(1);
     let mut out = Request {
         method: method.to_string(),
+        minor_version: version,
         ..Request::default()
     };
     for h in req.headers.iter() {
