@@ -206,8 +206,9 @@ pub enum MemberError {
     /// Not a JSON object.
     #[error("must be a JSON object")]
     NotObject,
-    /// The id field is missing or not a string / number.
-    #[error("{0} must be a non-empty string or a number")]
+    /// A presence id that is missing, empty, not a string or number, or a number that is not
+    /// an [`exact_integer`].
+    #[error("{0} must be a non-empty string or an integer of at most 15 digits")]
     BadId(&'static str),
     /// The id is longer than allowed.
     #[error("user id is longer than {0} characters")]
@@ -273,7 +274,7 @@ fn member_from(
     let id = id.ok_or(MemberError::BadId(field))?;
     let key = if id.is_str() {
         id.as_str().map(str::to_owned).unwrap_or_default()
-    } else if id.is_number() {
+    } else if id.is_number() && exact_integer(id.as_raw_str()) {
         id.as_raw_str().to_owned()
     } else {
         return Err(MemberError::BadId(field));
@@ -299,6 +300,20 @@ fn member_from(
         raw_id: id.as_raw_str().to_owned(),
         info,
     })
+}
+
+/// Whether a JSON number's text is an integer that a JavaScript client reads and writes back
+/// as the same text: `0`, or an optional `-` and at most 15 digits without a leading zero (so
+/// below 2^53, exact in a double). Fractions, exponents (`1e400` reads as Infinity), `-0` and
+/// longer numbers are refused, since the id is also the string key of the member hash.
+fn exact_integer(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits == "0" {
+        return text == "0";
+    }
+    (1..=15).contains(&digits.len())
+        && !digits.starts_with('0')
+        && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Signed-in user data: the member (`id`, `user_info`) and the watchlist.
@@ -390,6 +405,32 @@ mod tests {
         assert_eq!(
             presence_member(r#"{"user_id":true}"#, 128, 1024),
             Err(MemberError::BadId("user_id"))
+        );
+        for id in ["0", "-7", "42", "123456789012345", "-123456789012345"] {
+            let m = presence_member(&format!(r#"{{"user_id":{id}}}"#), 128, 1024).unwrap();
+            assert_eq!((m.key.as_str(), m.raw_id.as_str()), (id, id));
+        }
+        for id in [
+            "1e400",
+            "-1e400",
+            "1E5",
+            "1e0",
+            "1.5",
+            "10.0",
+            "-0",
+            "-0.0",
+            "1234567890123456",
+            "9007199254740993",
+        ] {
+            assert_eq!(
+                presence_member(&format!(r#"{{"user_id":{id}}}"#), 128, 1024),
+                Err(MemberError::BadId("user_id")),
+                "{id}"
+            );
+        }
+        assert_eq!(
+            MemberError::BadId("user_id").to_string(),
+            "user_id must be a non-empty string or an integer of at most 15 digits"
         );
         assert_eq!(
             presence_member("[]", 128, 1024),
