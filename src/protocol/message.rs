@@ -210,6 +210,12 @@ pub enum MemberError {
     /// an [`exact_integer`].
     #[error("{0} must be a non-empty string or an integer of at most 15 digits")]
     BadId(&'static str),
+    /// A sign-in id that is missing, empty or not a string.
+    #[error("{0} must be a non-empty string")]
+    BadStringId(&'static str),
+    /// A sign-in watchlist that is not an array.
+    #[error("watchlist must be an array of user ids")]
+    BadWatchlist,
     /// The id is longer than allowed.
     #[error("user id is longer than {0} characters")]
     IdTooLong(usize),
@@ -333,8 +339,9 @@ pub fn user_data(text: &str, max_id: usize, max_info: usize) -> Result<UserData,
         return Err(MemberError::NotObject);
     }
     let m: MemberRaw<'_> = json::from_str(text).map_err(MemberError::from)?;
-    if !m.id.as_ref().is_some_and(|v| v.is_str()) {
-        return Err(MemberError::BadId("id"));
+    let id_str = m.id.as_ref().and_then(|v| v.as_str());
+    if id_str.is_none_or(str::is_empty) {
+        return Err(MemberError::BadStringId("id"));
     }
     let member = member_from(m.id.as_ref(), m.user_info.as_ref(), "id", max_id, max_info)?;
     if !member.key.bytes().all(super::channel::is_name_byte) {
@@ -343,7 +350,7 @@ pub fn user_data(text: &str, max_id: usize, max_info: usize) -> Result<UserData,
     let mut watchlist = Vec::new();
     if let Some(w) = &m.watchlist {
         let ids: Vec<sonic_rs::Value> =
-            json::from_str(w.as_raw_str()).map_err(|_| MemberError::BadId("watchlist"))?;
+            json::from_str(w.as_raw_str()).map_err(|_| MemberError::BadWatchlist)?;
         // Each id once, in the order given: a repeated id would double every notice.
         let mut seen = std::collections::HashSet::new();
         for v in ids {
@@ -451,7 +458,15 @@ mod tests {
         let u = user_data(r#"{"id":"7","watchlist":["1",2,"1",2,"3"]}"#, 128, 1024).unwrap();
         assert_eq!(u.member.key, "7");
         assert_eq!(u.watchlist, vec!["1", "2", "3"]);
-        assert!(user_data(r#"{"id":7}"#, 128, 1024).is_err());
+        for text in [r#"{"id":7}"#, r#"{"id":""}"#, r#"{"id":null}"#, "{}"] {
+            let e = user_data(text, 128, 1024).err();
+            assert_eq!(e, Some(MemberError::BadStringId("id")), "{text}");
+            assert_eq!(e.unwrap().to_string(), "id must be a non-empty string");
+        }
+        assert_eq!(
+            user_data(r#"{"id":"7","watchlist":{}}"#, 128, 1024).err(),
+            Some(MemberError::BadWatchlist)
+        );
         assert_eq!(
             user_data(r#"{"id":"a+b@x.com"}"#, 128, 1024).err(),
             Some(MemberError::BadIdChars)
