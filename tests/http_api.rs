@@ -258,6 +258,40 @@ async fn data_over_10kb_is_413() {
     c.assert_alive().await;
 }
 
+/// `max_event_data` holds the bytes delivered: a string's JSON-escaped text (without its
+/// quotes), so escapes cannot make a frame several times the limit.
+#[tokio::test]
+async fn data_limit_counts_escaped_bytes() {
+    let server = Server::start();
+    let api = server.api();
+    let mut c = server.connect().await;
+    c.subscribe("esc").await;
+    // 2,000 NULs are 12,000 bytes as `\u0000` escapes; 6,000 quotes 12,000 as `\"`.
+    for (what, data) in [
+        ("NULs", "\u{0}".repeat(2000)),
+        ("quotes", "\"".repeat(6000)),
+    ] {
+        let r = api
+            .events(&json!({"name":"e","channel":"esc","data":data}))
+            .await;
+        r.assert_error(413);
+        let body = json!({"batch":[{"name":"e","channel":"esc","data":data}]});
+        let r = api.post("/batch_events", &body).await;
+        assert_eq!(r.status, 413, "batch of {what}: {}", r.text());
+    }
+    // Exactly 10,240 escaped bytes are accepted and delivered; one more is not.
+    let fits = format!("{}{}", "\u{0}".repeat(1700), "a".repeat(40));
+    assert_eq!(json!(fits).to_string().len(), 10240 + 2);
+    api.trigger("esc", "fits", &fits).await;
+    assert_eq!(c.recv().await, channel_event("esc", "fits", &fits));
+    let over = format!("{fits}a");
+    let r = api
+        .events(&json!({"name":"e","channel":"esc","data":over}))
+        .await;
+    r.assert_error(413);
+    c.assert_alive().await;
+}
+
 #[tokio::test]
 async fn missing_fields_are_400() {
     let server = Server::start();

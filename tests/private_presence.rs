@@ -131,6 +131,56 @@ async fn presence_without_channel_data_or_bad_auth_rejected() {
     assert_not_occupied(&api, ch).await;
 }
 
+/// Numeric user ids must be integers a JavaScript client reads back as the same text.
+#[tokio::test]
+async fn numeric_user_ids_must_be_exact_integers() {
+    let server = Server::start();
+    let app = server.app();
+    let api = server.api();
+    let mut c = server.connect().await;
+    let ch = "presence-numbers";
+    for id in [
+        "1e400",
+        "-1e400",
+        "1E5",
+        "1.5",
+        "10.0",
+        "-0",
+        "1234567890123456",
+        "12345678901234567890",
+    ] {
+        let cd = format!(r#"{{"user_id":{id}}}"#);
+        let auth = app.presence_auth(&c.socket_id, ch, &cd);
+        c.send_subscribe(ch, Some(&auth), Some(&cd)).await;
+        let msg = c.expect_error_code(Value::Null).await;
+        assert!(
+            msg.contains("user_id") && msg.contains("integer"),
+            "{id}: {msg}"
+        );
+        assert_not_occupied(&api, ch).await;
+    }
+    c.assert_alive().await;
+    // Integers of up to 15 digits stay numbers.
+    let mut members = Vec::new();
+    for (i, id) in ["0", "-7", "123456789012345"].into_iter().enumerate() {
+        let mut m = server.connect().await;
+        let cd = format!(r#"{{"user_id":{id}}}"#);
+        let auth = app.presence_auth(&m.socket_id, ch, &cd);
+        m.send_subscribe(ch, Some(&auth), Some(&cd)).await;
+        let ev = m
+            .expect_event("pusher_internal:subscription_succeeded")
+            .await;
+        let p = data_of(&ev)["presence"].clone();
+        assert_eq!(p["count"], json!(i + 1), "{id}: {p}");
+        let n: Value = serde_json::from_str(id).unwrap();
+        assert!(
+            p["ids"].as_array().unwrap().contains(&n),
+            "{id} must be listed as a number: {p}"
+        );
+        members.push(m);
+    }
+}
+
 #[tokio::test]
 async fn presence_channel_data_signature_uses_exact_string() {
     // Whitespace and key order in channel_data must be kept as sent.

@@ -56,6 +56,31 @@ async fn signin_with_bad_hmac_is_4009_and_connection_kept() {
     c.signin(&app, &ud).await;
 }
 
+/// The sign-in id must be a string; the refusal says so (numbers are for presence only).
+#[tokio::test]
+async fn signin_id_errors_ask_for_a_string() {
+    let server = Server::start();
+    let app = server.app();
+    let mut c = server.connect().await;
+    for ud in [
+        r#"{"id":7}"#,
+        r#"{"id":""}"#,
+        r#"{"id":null}"#,
+        r#"{"user_info":{}}"#,
+    ] {
+        c.send_signin(&app, ud).await;
+        let msg = c.expect_error_code(json!(4009)).await;
+        assert_eq!(
+            msg, "Invalid user_data: id must be a non-empty string",
+            "{ud}"
+        );
+    }
+    c.send_signin(&app, r#"{"id":"7","watchlist":5}"#).await;
+    let msg = c.expect_error_code(json!(4009)).await;
+    assert!(msg.contains("watchlist must be an array"), "{msg}");
+    c.signin(&app, &user("7")).await;
+}
+
 #[tokio::test]
 async fn server_to_user_channel_only_for_own_id() {
     let server = Server::start();

@@ -241,6 +241,21 @@ fn classify(svc: &impl Service, name: &str) -> Result<ChannelType, Response> {
         .map_err(|e| Response::error(400, &format!("{e}: {name}")))
 }
 
+/// The size of `data` that `max_event_data` limits. `data` goes into the frame as the JSON
+/// text received (see `publish`), so this is that text's length: for a string (what the SDKs
+/// send), its JSON-escaped form without the two quotes, so 10,240 plain characters fit a
+/// 10 KiB limit and a NUL counts six bytes as the `\u0000` that is delivered; for any other
+/// value, its whole JSON text. The delivered `data` is never bigger than the limit plus the
+/// quotes.
+fn delivered_size(data: &LazyValue<'_>) -> usize {
+    let text = data.as_raw_str().trim();
+    if data.is_str() {
+        text.len().saturating_sub(2)
+    } else {
+        text.len()
+    }
+}
+
 fn validate_event(
     svc: &impl Service,
     app: AppIdx,
@@ -266,12 +281,7 @@ fn validate_event(
     let data = body
         .data
         .ok_or_else(|| Response::error(400, "Missing event data"))?;
-    let size = if data.is_str() {
-        data.as_str().map_or(0, str::len)
-    } else {
-        data.as_raw_str().len()
-    };
-    if size > cfg.max_event_data {
+    if delivered_size(&data) > cfg.max_event_data {
         return Err(Response::error(
             413,
             &format!("Event data is larger than {} bytes", cfg.max_event_data),
@@ -493,6 +503,23 @@ async fn users(svc: &impl Service, app: AppIdx, name: &str) -> Result<Response, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_is_measured_as_delivered() {
+        let size = |body: &str| {
+            let b: EventBody<'_> = json::from_str(body).unwrap();
+            let data = b.data.unwrap();
+            assert!(data.as_raw_str().len() >= delivered_size(&data), "{body}");
+            delivered_size(&data)
+        };
+        assert_eq!(size(r#"{"data":"abc"}"#), 3);
+        assert_eq!(size(r#"{"data" :  "abc"  ,"name":"x"}"#), 3);
+        assert_eq!(size(r#"{"data":""}"#), 0);
+        assert_eq!(size(r#"{"data":"\u0000\"\\"}"#), 10);
+        assert_eq!(size(r#"{"data":"é"}"#), 2);
+        assert_eq!(size(r#"{"data": {"a": [1, 2]} }"#), 13);
+        assert_eq!(size(r#"{"data":12}"#), 2);
+    }
 
     #[test]
     fn channel_answers_keep_their_shape() {

@@ -19,6 +19,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
+    /// The HTTP/1.x minor version: 0 or 1.
+    pub minor_version: u8,
 }
 
 impl Request {
@@ -38,10 +40,12 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Whether this asks for a WebSocket upgrade.
+    /// Whether this is meant as a WebSocket opening handshake, valid or not: an `Upgrade`
+    /// header holding `websocket`, or any request for the WebSocket path `/app/...` (answered
+    /// 400 by the handshake when it is not a valid upgrade, rather than 404 by the API).
     pub fn is_upgrade(&self) -> bool {
-        self.header("upgrade")
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        crate::ws::handshake::has_token(&self.headers, "upgrade", "websocket")
+            || self.path.starts_with("/app/")
     }
 }
 
@@ -63,7 +67,12 @@ pub enum Parsed {
 pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
+    // The limit is on the head's length, however its bytes arrived: a head that came in one
+    // read is held to it as much as one that trickled in.
     let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+            return Parsed::Error(431, "request head too large");
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > MAX_HEAD {
@@ -81,6 +90,7 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
     let version = req.version.unwrap_or(1);
     let mut out = Request {
         method: method.to_string(),
+        minor_version: version,
         ..Request::default()
     };
     for h in req.headers.iter() {
@@ -216,6 +226,28 @@ mod tests {
             panic!()
         };
         assert!(!r.keep_alive);
+    }
+
+    #[test]
+    fn head_limit_is_on_the_head_however_it_arrived() {
+        let head = |len: usize| {
+            let start = "GET / HTTP/1.1\r\nX: ";
+            let pad = "v".repeat(len - start.len() - 4);
+            format!("{start}{pad}\r\n\r\n").into_bytes()
+        };
+        let fits = head(MAX_HEAD);
+        assert!(matches!(parse(&fits, 10), Parsed::Complete(_, n) if n == MAX_HEAD));
+        // One byte more, complete in one buffer, with or without bytes after it.
+        let mut over = head(MAX_HEAD + 1);
+        assert!(matches!(parse(&over, 10), Parsed::Error(431, _)));
+        over.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(matches!(parse(&over, 10), Parsed::Error(431, _)));
+        // Incomplete: refused once the buffer holds more than the limit.
+        assert!(matches!(parse(&over[..MAX_HEAD], 10), Parsed::Partial));
+        assert!(matches!(
+            parse(&over[..MAX_HEAD + 1], 10),
+            Parsed::Error(431, _)
+        ));
     }
 
     #[test]

@@ -206,9 +206,16 @@ pub enum MemberError {
     /// Not a JSON object.
     #[error("must be a JSON object")]
     NotObject,
-    /// The id field is missing or not a string / number.
-    #[error("{0} must be a non-empty string or a number")]
+    /// A presence id that is missing, empty, not a string or number, or a number that is not
+    /// an [`exact_integer`].
+    #[error("{0} must be a non-empty string or an integer of at most 15 digits")]
     BadId(&'static str),
+    /// A sign-in id that is missing, empty or not a string.
+    #[error("{0} must be a non-empty string")]
+    BadStringId(&'static str),
+    /// A sign-in watchlist that is not an array.
+    #[error("watchlist must be an array of user ids")]
+    BadWatchlist,
     /// The id is longer than allowed.
     #[error("user id is longer than {0} characters")]
     IdTooLong(usize),
@@ -273,7 +280,7 @@ fn member_from(
     let id = id.ok_or(MemberError::BadId(field))?;
     let key = if id.is_str() {
         id.as_str().map(str::to_owned).unwrap_or_default()
-    } else if id.is_number() {
+    } else if id.is_number() && exact_integer(id.as_raw_str()) {
         id.as_raw_str().to_owned()
     } else {
         return Err(MemberError::BadId(field));
@@ -301,6 +308,20 @@ fn member_from(
     })
 }
 
+/// Whether a JSON number's text is an integer that a JavaScript client reads and writes back
+/// as the same text: `0`, or an optional `-` and at most 15 digits without a leading zero (so
+/// below 2^53, exact in a double). Fractions, exponents (`1e400` reads as Infinity), `-0` and
+/// longer numbers are refused, since the id is also the string key of the member hash.
+fn exact_integer(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits == "0" {
+        return text == "0";
+    }
+    (1..=15).contains(&digits.len())
+        && !digits.starts_with('0')
+        && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Signed-in user data: the member (`id`, `user_info`) and the watchlist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserData {
@@ -318,8 +339,9 @@ pub fn user_data(text: &str, max_id: usize, max_info: usize) -> Result<UserData,
         return Err(MemberError::NotObject);
     }
     let m: MemberRaw<'_> = json::from_str(text).map_err(MemberError::from)?;
-    if !m.id.as_ref().is_some_and(|v| v.is_str()) {
-        return Err(MemberError::BadId("id"));
+    let id_str = m.id.as_ref().and_then(|v| v.as_str());
+    if id_str.is_none_or(str::is_empty) {
+        return Err(MemberError::BadStringId("id"));
     }
     let member = member_from(m.id.as_ref(), m.user_info.as_ref(), "id", max_id, max_info)?;
     if !member.key.bytes().all(super::channel::is_name_byte) {
@@ -328,7 +350,7 @@ pub fn user_data(text: &str, max_id: usize, max_info: usize) -> Result<UserData,
     let mut watchlist = Vec::new();
     if let Some(w) = &m.watchlist {
         let ids: Vec<sonic_rs::Value> =
-            json::from_str(w.as_raw_str()).map_err(|_| MemberError::BadId("watchlist"))?;
+            json::from_str(w.as_raw_str()).map_err(|_| MemberError::BadWatchlist)?;
         // Each id once, in the order given: a repeated id would double every notice.
         let mut seen = std::collections::HashSet::new();
         for v in ids {
@@ -391,6 +413,32 @@ mod tests {
             presence_member(r#"{"user_id":true}"#, 128, 1024),
             Err(MemberError::BadId("user_id"))
         );
+        for id in ["0", "-7", "42", "123456789012345", "-123456789012345"] {
+            let m = presence_member(&format!(r#"{{"user_id":{id}}}"#), 128, 1024).unwrap();
+            assert_eq!((m.key.as_str(), m.raw_id.as_str()), (id, id));
+        }
+        for id in [
+            "1e400",
+            "-1e400",
+            "1E5",
+            "1e0",
+            "1.5",
+            "10.0",
+            "-0",
+            "-0.0",
+            "1234567890123456",
+            "9007199254740993",
+        ] {
+            assert_eq!(
+                presence_member(&format!(r#"{{"user_id":{id}}}"#), 128, 1024),
+                Err(MemberError::BadId("user_id")),
+                "{id}"
+            );
+        }
+        assert_eq!(
+            MemberError::BadId("user_id").to_string(),
+            "user_id must be a non-empty string or an integer of at most 15 digits"
+        );
         assert_eq!(
             presence_member("[]", 128, 1024),
             Err(MemberError::NotObject)
@@ -410,7 +458,15 @@ mod tests {
         let u = user_data(r#"{"id":"7","watchlist":["1",2,"1",2,"3"]}"#, 128, 1024).unwrap();
         assert_eq!(u.member.key, "7");
         assert_eq!(u.watchlist, vec!["1", "2", "3"]);
-        assert!(user_data(r#"{"id":7}"#, 128, 1024).is_err());
+        for text in [r#"{"id":7}"#, r#"{"id":""}"#, r#"{"id":null}"#, "{}"] {
+            let e = user_data(text, 128, 1024).err();
+            assert_eq!(e, Some(MemberError::BadStringId("id")), "{text}");
+            assert_eq!(e.unwrap().to_string(), "id must be a non-empty string");
+        }
+        assert_eq!(
+            user_data(r#"{"id":"7","watchlist":{}}"#, 128, 1024).err(),
+            Some(MemberError::BadWatchlist)
+        );
         assert_eq!(
             user_data(r#"{"id":"a+b@x.com"}"#, 128, 1024).err(),
             Some(MemberError::BadIdChars)

@@ -171,19 +171,14 @@ fn protocol_ok(req: &Request) -> bool {
 
 async fn websocket(shard: Rc<Shard>, stream: Rc<TcpStream>, req: Request, leftover: Vec<u8>) {
     let limit = Duration::from_secs(shard.shared.config.server.handshake_timeout);
-    let key = match handshake::validate(
-        &req.method,
-        req.header("sec-websocket-version"),
-        req.header("sec-websocket-key"),
-    ) {
+    let key = match handshake::validate(&handshake::UpgradeRequest {
+        method: &req.method,
+        minor_version: req.minor_version,
+        headers: &req.headers,
+    }) {
         Ok(k) => k.to_string(),
         Err(e) => {
-            let _ = write_all(
-                &stream,
-                &Response::error(400, &e.to_string()).to_bytes(false),
-                limit,
-            )
-            .await;
+            let _ = write_all(&stream, &handshake::refusal(&e), limit).await;
             return;
         }
     };

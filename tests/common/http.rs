@@ -80,6 +80,12 @@ impl HttpConn {
         self.read_response().await
     }
 
+    /// Writes `bytes` as they are (any request, well-formed or not) and reads one response.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> HttpResponse {
+        assert!(self.raw.write(bytes).await, "write raw HTTP request");
+        self.read_response().await
+    }
+
     /// Reads one response.
     pub async fn read_response(&mut self) -> HttpResponse {
         let head = self.raw.read_head(WAIT).await.unwrap_or_else(|| {
