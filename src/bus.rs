@@ -39,16 +39,13 @@ pub struct Publication {
 pub enum Query {
     /// Facts of one channel (sent to its home shard).
     Channel {
-        /// App.
         app: AppIdx,
-        /// Channel.
         channel: Arc<str>,
         /// Where the answer goes.
         reply: oneshot::Sender<ChannelFacts>,
     },
     /// Occupied channels homed on the shard whose names start with `prefix`.
     List {
-        /// App.
         app: AppIdx,
         /// Name prefix; empty for all.
         prefix: String,
@@ -57,16 +54,13 @@ pub enum Query {
     },
     /// Raw user ids of a presence channel (sent to its home shard).
     Users {
-        /// App.
         app: AppIdx,
-        /// Channel.
         channel: Arc<str>,
         /// Where the answer goes.
         reply: oneshot::Sender<Vec<String>>,
     },
     /// Connection count of an app on the shard.
     Connections {
-        /// App.
         app: AppIdx,
         /// Where the answer goes.
         reply: oneshot::Sender<usize>,
@@ -80,9 +74,7 @@ pub enum BusMsg {
     Publish(Arc<Publication>),
     /// Deliver to every local connection signed in as a user.
     ToUser {
-        /// App.
         app: AppIdx,
-        /// User id.
         user: Arc<str>,
         /// Encoded frame.
         frame: Bytes,
@@ -90,12 +82,7 @@ pub enum BusMsg {
         except: Option<Arc<str>>,
     },
     /// Close every local connection signed in as a user (4009).
-    Terminate {
-        /// App.
-        app: AppIdx,
-        /// User id.
-        user: Arc<str>,
-    },
+    Terminate { app: AppIdx, user: Arc<str> },
     /// To a fact's home: a change from one origin.
     Home {
         /// Where the change comes from.
@@ -107,9 +94,7 @@ pub enum BusMsg {
     PresenceJoined {
         /// The joining connection on the receiving shard.
         conn: ConnRef,
-        /// App.
         app: AppIdx,
-        /// Channel.
         channel: Arc<str>,
         /// The member that joined (to undo the join if the connection is gone).
         member: Arc<Member>,

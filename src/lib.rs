@@ -2,15 +2,15 @@
 //!
 //! See ARCHITECTURE.md for the map; `shard` is where connections live, `bus` is how shards talk.
 
-pub mod auth;
-pub mod bus;
-pub mod channels;
-pub mod cluster;
+mod auth;
+mod bus;
+mod channels;
+mod cluster;
 pub mod config;
-pub mod http;
-pub mod ids;
-pub mod metrics;
-pub mod protocol;
+mod http;
+mod ids;
+mod metrics;
+mod protocol;
 pub mod shard;
-pub mod webhooks;
-pub mod ws;
+mod webhooks;
+mod ws;

@@ -71,24 +71,12 @@ pub struct AppRules {
 #[derive(Debug, Clone)]
 pub enum Delta {
     /// A non-presence subscription started.
-    Subscribed {
-        /// App.
-        app: AppIdx,
-        /// Channel.
-        channel: Arc<str>,
-    },
+    Subscribed { app: AppIdx, channel: Arc<str> },
     /// A non-presence subscription ended.
-    Unsubscribed {
-        /// App.
-        app: AppIdx,
-        /// Channel.
-        channel: Arc<str>,
-    },
+    Unsubscribed { app: AppIdx, channel: Arc<str> },
     /// A connection asks to join a presence channel; answered with [`Effect::JoinAnswer`].
     Join {
-        /// App.
         app: AppIdx,
-        /// Channel.
         channel: Arc<str>,
         /// Who joins.
         member: Arc<Member>,
@@ -100,39 +88,24 @@ pub enum Delta {
     /// Another node's connection joined a presence channel (no answer is due: its own node
     /// answered it).
     RemoteJoin {
-        /// App.
         app: AppIdx,
-        /// Channel.
         channel: Arc<str>,
         /// Who joined.
         member: Arc<Member>,
     },
     /// A joined presence connection left (or a join is undone).
     Leave {
-        /// App.
         app: AppIdx,
-        /// Channel.
         channel: Arc<str>,
         /// The member's id key.
         user_key: Arc<str>,
     },
     /// A connection signed in as `user`.
-    SignedIn {
-        /// App.
-        app: AppIdx,
-        /// User id.
-        user: Arc<str>,
-    },
+    SignedIn { app: AppIdx, user: Arc<str> },
     /// A signed-in connection of `user` left.
-    SignedOut {
-        /// App.
-        app: AppIdx,
-        /// User id.
-        user: Arc<str>,
-    },
+    SignedOut { app: AppIdx, user: Arc<str> },
     /// A connection starts or stops watching users homed here.
     Watch {
-        /// App.
         app: AppIdx,
         /// Watched user ids.
         users: Vec<Arc<str>>,
@@ -149,9 +122,7 @@ pub enum Effect {
     /// Publish a frame to a channel's subscribers everywhere. These are presence member and
     /// subscription-count notices: essential, never dropped by a full inbox.
     Publish {
-        /// App.
         app: AppIdx,
-        /// Channel.
         channel: Arc<str>,
         /// The encoded frame.
         frame: Bytes,
@@ -162,9 +133,7 @@ pub enum Effect {
     JoinAnswer {
         /// The joining connection.
         to: ConnRef,
-        /// App.
         app: AppIdx,
-        /// Channel.
         channel: Arc<str>,
         /// The member that joined (to undo the join if the connection is gone).
         member: Arc<Member>,
@@ -183,9 +152,7 @@ pub enum Effect {
     Replicate(Delta),
     /// A webhook event.
     Hook {
-        /// App.
         app: AppIdx,
-        /// Channel.
         channel: Arc<str>,
         /// What happened.
         kind: HookKind,
@@ -254,18 +221,14 @@ impl Tally {
 pub enum SnapEntry {
     /// Non-presence subscriptions to a channel.
     Subs {
-        /// App.
         app: AppIdx,
-        /// Channel.
         channel: Arc<str>,
         /// How many.
         count: u32,
     },
     /// A member's presence connections in a channel.
     Member {
-        /// App.
         app: AppIdx,
-        /// Channel.
         channel: Arc<str>,
         /// The member (key, raw id, info).
         member: Arc<Member>,
@@ -274,9 +237,7 @@ pub enum SnapEntry {
     },
     /// A user's signed-in connections.
     User {
-        /// App.
         app: AppIdx,
-        /// User id.
         user: Arc<str>,
         /// How many connections.
         conns: u32,
@@ -947,7 +908,9 @@ impl Home {
             .unwrap_or_default()
     }
 
-    /// Whether `user` has a signed-in connection anywhere.
+    /// Whether `user` has a signed-in connection anywhere (the tests' view; the server learns
+    /// it from the notices).
+    #[cfg(test)]
     pub fn online(&self, app: AppIdx, user: &str) -> bool {
         self.users
             .get(&(app, Arc::from(user)))

@@ -29,9 +29,7 @@ use crate::ids::{AppIdx, NodeId};
 pub enum Outbound {
     /// An event for a channel's subscribers on the other nodes.
     Publish {
-        /// App.
         app: AppIdx,
-        /// Channel.
         channel: Arc<str>,
         /// The encoded frame.
         frame: Bytes,
@@ -42,9 +40,7 @@ pub enum Outbound {
     },
     /// A frame for a user's connections on the other nodes.
     ToUser {
-        /// App.
         app: AppIdx,
-        /// User id.
         user: Arc<str>,
         /// The encoded frame.
         frame: Bytes,
@@ -52,12 +48,7 @@ pub enum Outbound {
         except: Option<Arc<str>>,
     },
     /// Close a user's connections on the other nodes.
-    Terminate {
-        /// App.
-        app: AppIdx,
-        /// User id.
-        user: Arc<str>,
-    },
+    Terminate { app: AppIdx, user: Arc<str> },
     /// A change to this node's contribution (from a home shard).
     Change(Delta),
     /// One home shard's part of this node's contribution, answering a snapshot request.
@@ -135,8 +126,6 @@ const OUTBOUND_QUEUE: usize = 65_536;
 
 /// This node's handle on the cluster: its id and the queue to the side-car.
 pub struct Cluster {
-    /// This node.
-    pub node: NodeId,
     tx: mpsc::Sender<Outbound>,
     /// Counters.
     pub stats: Arc<ClusterStats>,
@@ -185,7 +174,6 @@ impl Cluster {
             .spawn(move || rt.block_on(side.run(rx, leave_rx)))?;
         tracing::info!(node = %node, broker = %redact(&config.cluster.url), "cluster node starting");
         Ok(Some(Cluster {
-            node,
             tx,
             stats,
             leave: leave_tx,

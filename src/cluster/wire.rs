@@ -18,18 +18,11 @@ pub const MAX_ENTRIES: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// One more non-presence subscription.
-    Subscribed {
-        /// Channel.
-        channel: String,
-    },
+    Subscribed { channel: String },
     /// One fewer non-presence subscription.
-    Unsubscribed {
-        /// Channel.
-        channel: String,
-    },
+    Unsubscribed { channel: String },
     /// One more presence connection of a member.
     Joined {
-        /// Channel.
         channel: String,
         /// The member's hash key.
         key: String,
@@ -40,21 +33,14 @@ pub enum Change {
     },
     /// One fewer presence connection of a member.
     Left {
-        /// Channel.
         channel: String,
         /// The member's hash key.
         key: String,
     },
     /// One more signed-in connection of a user.
-    SignedIn {
-        /// User id.
-        user: String,
-    },
+    SignedIn { user: String },
     /// One fewer signed-in connection of a user.
-    SignedOut {
-        /// User id.
-        user: String,
-    },
+    SignedOut { user: String },
 }
 
 /// One entry of a node's state: a channel's subscription count or a member's connections, or a
@@ -65,7 +51,6 @@ pub enum Entry {
     Subs {
         /// App id.
         app: String,
-        /// Channel.
         channel: String,
         /// How many.
         count: u32,
@@ -74,7 +59,6 @@ pub enum Entry {
     Member {
         /// App id.
         app: String,
-        /// Channel.
         channel: String,
         /// Hash key.
         key: String,
@@ -89,7 +73,6 @@ pub enum Entry {
     User {
         /// App id.
         app: String,
-        /// User id.
         user: String,
         /// How many connections.
         conns: u32,
@@ -112,7 +95,6 @@ pub enum Message {
     Publish {
         /// App id.
         app: String,
-        /// Channel.
         channel: String,
         /// The encoded WebSocket frame.
         frame: Bytes,
@@ -125,7 +107,6 @@ pub enum Message {
     ToUser {
         /// App id.
         app: String,
-        /// User id.
         user: String,
         /// The encoded frame.
         frame: Bytes,
@@ -136,7 +117,6 @@ pub enum Message {
     Terminate {
         /// App id.
         app: String,
-        /// User id.
         user: String,
     },
     /// One change to the sender's contribution.

@@ -1,7 +1,5 @@
 //! Pusher error and close codes (pusher-protocol.md section 11), one place for all of them.
 
-/// Client used ws:// where wss:// is required.
-pub const SSL_ONLY: u16 = 4000;
 /// Unknown app key.
 pub const APP_NOT_FOUND: u16 = 4001;
 /// App disabled.

@@ -42,7 +42,6 @@ pub struct Sub {
 /// The user a connection signed in as.
 #[derive(Debug)]
 pub struct SignedIn {
-    /// User id.
     pub id: Arc<str>,
     /// Id and user_info, used for presence joins without channel_data.
     pub member: Arc<Member>,
@@ -171,11 +170,6 @@ impl Slab {
             }
             _ => None,
         }
-    }
-
-    /// Live connections.
-    pub fn len(&self) -> usize {
-        self.len
     }
 
     /// Whether there are none.

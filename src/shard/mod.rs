@@ -1,7 +1,7 @@
 //! Thread-per-core shards: each pinned thread runs its own monoio runtime, its own SO_REUSEPORT
 //! listener, its connections and its slice of home-shard facts.
 
-pub mod conn;
+mod conn;
 mod effects;
 mod frames;
 mod inbox;
@@ -12,7 +12,7 @@ mod refusal;
 mod remote;
 mod service;
 mod session;
-pub mod sock;
+mod sock;
 mod state;
 mod timer;
 
@@ -34,10 +34,10 @@ use crate::config::{AppConfig, Config};
 use crate::ids::{AppIdx, NodeId, ShardId};
 use crate::metrics::ShardMetrics;
 use crate::webhooks::{Hook, HookKind, Webhooks};
-pub use state::State;
+use state::State;
 
 /// Read-only state shared by every shard, plus a few process-wide atomics.
-pub struct Shared {
+pub(crate) struct Shared {
     /// The validated configuration.
     pub config: Config,
     /// Apps by key (WebSocket path).
@@ -78,7 +78,7 @@ impl Shared {
 
 /// One shard: its id, the shared state, and its own mutable state behind a RefCell that is never
 /// borrowed across an `.await`.
-pub struct Shard {
+pub(crate) struct Shard {
     /// This shard.
     pub id: ShardId,
     /// Process-wide read-only state.
