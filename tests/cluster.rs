@@ -331,3 +331,127 @@ async fn a_late_joiner_gets_the_cluster_state() {
     assert_eq!(p["hash"]["7"], json!({"n": "seven"}), "{p}");
     assert!(p["ids"].as_array().unwrap().contains(&json!(7)), "{p}");
 }
+
+#[tokio::test]
+async fn webhooks_fire_once_per_cluster() {
+    let redis = Redis::start();
+    let mut recv = WebhookReceiver::start().await;
+    let prefix = uniq("rp");
+    let app = App::default().with("webhook_delay", 0).webhook(&format!(
+        "url = {}",
+        serde_json::to_string(&recv.url()).unwrap()
+    ));
+    let nodes: Vec<Server> = (0..3)
+        .map(|_| {
+            Server::start_with(Config::with_app(app.clone()).clustered(
+                redis.port,
+                &prefix,
+                NODE_TIMEOUT,
+            ))
+        })
+        .collect();
+    for node in &nodes {
+        wait_peers(node, 2).await;
+    }
+    // Subscribers of one presence channel on every node, several with the same user.
+    let ch = "presence-hooks";
+    let mut clients = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut c = node.connect().await;
+        let user = if i == 2 { "u0" } else { "u1" };
+        c.subscribe_presence(&app, ch, json!(user), json!({})).await;
+        clients.push(c);
+    }
+    for node in &nodes {
+        wait_users(node, ch, &["u0", "u1"]).await;
+    }
+    for c in clients {
+        c.close().await;
+    }
+    for node in &nodes {
+        wait_users(node, ch, &[]).await;
+    }
+    // Every transition is in; webhook requests are concurrent and unordered, so collect for a
+    // while (a duplicate from a second node would come within the same broker hop).
+    let events = recv.collect(Duration::from_millis(1500)).await;
+    let mut names: Vec<String> = events
+        .iter()
+        .filter(|e| e["channel"] == ch)
+        .map(|e| {
+            let user = e["user_id"].as_str().unwrap_or("");
+            format!("{} {user}", e["name"].as_str().unwrap())
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "channel_occupied ",
+            "channel_vacated ",
+            "member_added u0",
+            "member_added u1",
+            "member_removed u0",
+            "member_removed u1"
+        ],
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn cache_channels_and_watchlists_span_nodes() {
+    let redis = Redis::start();
+    let prefix = uniq("rp");
+    let app = App::default().with("watchlist_events", true);
+    let nodes: Vec<Server> = (0..2)
+        .map(|_| {
+            Server::start_with(Config::with_app(app.clone()).clustered(
+                redis.port,
+                &prefix,
+                NODE_TIMEOUT,
+            ))
+        })
+        .collect();
+    for node in &nodes {
+        wait_peers(node, 1).await;
+    }
+    // An event published through node 0 is the cache for a subscriber on node 1.
+    let mut first = nodes[0].connect().await;
+    first.subscribe("cache-prices").await;
+    first.expect_event("pusher:cache_miss").await;
+    nodes[0].api().trigger("cache-prices", "price", "42").await;
+    assert_eq!(first.wait_event("price").await["data"], "42");
+    // The publication reaches node 1 a broker hop later: poll with fresh subscribers.
+    let got = poll_until(
+        || async {
+            let mut c = nodes[1].connect().await;
+            c.subscribe("cache-prices").await;
+            c.next_frame(WAIT).await
+        },
+        |f| matches!(f, Some(Frame::Event(e)) if e["event"] == "price"),
+    )
+    .await;
+    match got {
+        Some(Frame::Event(e)) => assert_eq!(e["data"], "42", "{e}"),
+        other => panic!("no cached event on node 1: {other:?}"),
+    }
+    // A watcher on node 1 sees a user sign in and out on node 0.
+    let mut watcher = nodes[1].connect().await;
+    watcher
+        .signin(&app, r#"{"id":"w","watchlist":["star"]}"#)
+        .await;
+    let ev = watcher.wait_event("pusher_internal:watchlist_events").await;
+    assert_eq!(data_of(&ev)["events"][0]["name"], "offline", "{ev}");
+    let mut star = nodes[0].connect().await;
+    star.signin(&app, r#"{"id":"star"}"#).await;
+    let ev = watcher.wait_event("pusher_internal:watchlist_events").await;
+    assert_eq!(
+        data_of(&ev)["events"],
+        json!([{"name":"online","user_ids":["star"]}])
+    );
+    star.close().await;
+    let ev = watcher.wait_event("pusher_internal:watchlist_events").await;
+    assert_eq!(
+        data_of(&ev)["events"],
+        json!([{"name":"offline","user_ids":["star"]}])
+    );
+}
