@@ -157,7 +157,16 @@ impl Sidecar {
                         return End::Lost("subscription closed".into());
                     };
                     let now = started.elapsed().as_millis() as u64;
-                    self.inbound(Bytes::from(msg.get_payload_bytes().to_vec()), nodes, now);
+                    let payload = Bytes::from(msg.get_payload_bytes().to_vec());
+                    if self.inbound(payload, nodes, now) {
+                        // A node this one did not know (new, or back after being dropped):
+                        // everyone, that node included, sends its whole state again.
+                        let hello = wire::encode(self.node, &Message::Hello);
+                        if let Err(e) = self.publish(&mut conn, vec![hello]).await {
+                            return End::Lost(e.to_string());
+                        }
+                        self.local.request_snapshot();
+                    }
                 }
                 out = rx.recv() => {
                     let Some(first) = out else { return End::Left };
@@ -298,7 +307,8 @@ impl Sidecar {
         Some(wire::encode(self.node, &msg))
     }
 
-    fn inbound(&self, payload: Bytes, nodes: &mut Nodes, now: u64) {
+    /// Handles one broker message; true when it came from a node not known until now.
+    fn inbound(&self, payload: Bytes, nodes: &mut Nodes, now: u64) -> bool {
         let (from, msg) = match wire::decode(payload) {
             Ok(m) => m,
             Err(e) => {
@@ -306,14 +316,16 @@ impl Sidecar {
                 if n.is_power_of_two() {
                     tracing::warn!(error = %e, malformed_total = n, "undecodable cluster message ignored");
                 }
-                return;
+                return false;
             }
         };
         if from == self.node {
-            return; // our own publication, echoed by the broker
+            return false; // our own publication, echoed by the broker
         }
         self.stats.received.fetch_add(1, Ordering::Relaxed);
+        let mut joined = false;
         if let Some(change) = nodes.heard(from, now) {
+            joined = true;
             self.node_change(change, nodes);
         }
         let app = |id: &str| self.local.app_index(id);
@@ -368,7 +380,7 @@ impl Sidecar {
                 entries,
             } => {
                 if pieces == 0 || piece >= pieces {
-                    return;
+                    return joined;
                 }
                 let entries: Vec<SnapEntry> = entries
                     .into_iter()
@@ -379,15 +391,13 @@ impl Sidecar {
                     .replace_node(from, piece, pieces, Arc::new(entries));
             }
         }
+        joined
     }
 
     fn node_change(&self, change: NodeChange, nodes: &Nodes) {
         match change {
             NodeChange::Joined(n) => {
                 tracing::info!(node = %n, "cluster node joined");
-                // A node heard for the first time, or again after it was dropped, may hold
-                // state this node does not have: ask everyone for theirs.
-                self.local.request_snapshot();
                 self.local.nodes_changed(Arc::new(nodes.live()));
             }
             NodeChange::Gone(n, why) => {
