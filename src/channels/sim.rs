@@ -1,17 +1,24 @@
-//! Deterministic simulation of the cross-core facts: N simulated shards, each with the real
-//! [`Home`] state machine and a local side that mirrors `shard::pusher` (pending and active
-//! subscriptions, join answers, undoing a join whose connection left), exchange bus messages in
-//! a seeded random interleaving while random clients connect, subscribe, join presence channels
-//! with repeated user ids, sign in with watchlists, unsubscribe and drop, often with a join
-//! still in flight.
+//! Deterministic simulation of the cross-core and cross-node facts: 1 to 3 simulated nodes (and
+//! nodes that start later), each with 1 to 3 shards running the real [`Home`] state machine and
+//! a local side that mirrors `shard::pusher` (pending and active subscriptions, join answers,
+//! undoing a join whose connection left), exchange bus messages and broker messages in a seeded
+//! random interleaving while random clients connect, subscribe, join presence channels with
+//! repeated user ids, sign in with watchlists, unsubscribe and drop, often with a join still in
+//! flight; and nodes crash, stop cleanly, start, notice silence, and the broker goes away
+//! (losing what it held) and comes back.
 //!
-//! Each shard's inbox is one FIFO, as the real bus is; a step either runs one client operation
-//! on its connection's shard or lets one shard handle one inbox message. Checked on every
+//! Each shard's inbox is one FIFO, as the real bus is; the broker keeps one FIFO per (sender,
+//! receiver), as Redis pub/sub does per publisher, and interleaves senders at random. The
+//! broker side mirrors `cluster::broker`: replicated changes, `Hello` and per-shard snapshots
+//! after a (re)connect or when a node is heard again, `Leaving`, and a silence timeout that
+//! drops a node once what it published before has arrived. A step runs one client operation,
+//! one shard's next message, one broker delivery, or one node event. Checked on every
 //! delivery: a frame of a channel only reaches a connection actively subscribed to it, and a
 //! presence observer never sees `member_added` for a member it already lists or
 //! `member_removed` for one it does not. Checked whenever the system goes quiet (all inboxes
-//! drained): every home's counts, members and online users equal a plain reference model built
-//! from the live connections; every observer's member list, last subscription count and
+//! drained, the broker up, dead nodes dropped): every live node's homes' counts, members and
+//! online users equal a plain reference model built from the live connections of every live
+//! node; every observer's member list, last subscription count and
 //! watchlist view equal it too; occupied/vacated and member_added/member_removed webhooks
 //! alternate and end in the true state.
 //!
@@ -24,8 +31,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::home::{AppRules, Delta, Effect, Home, Origin};
-use crate::ids::{home_of, AppIdx, ConnKey, ConnRef, ShardId};
+use super::home::{AppRules, Delta, Effect, Home, Origin, SnapEntry};
+use crate::ids::{home_of, AppIdx, ConnKey, ConnRef, NodeId, ShardId};
 use crate::protocol::message::Member;
 use crate::webhooks::HookKind;
 
@@ -38,7 +45,7 @@ const USERS: [(&str, &str); 4] = [
     ("7", "7"),
     ("8", "\"8\""),
 ];
-const MAX_LIVE_CONNS: usize = 10;
+const MAX_LIVE_CONNS: usize = 12;
 
 /// A deliberate fault, to show the checks catch what they claim to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +56,11 @@ pub enum Mutation {
     DropMemberRemoved,
     /// Publish every `member_added` twice (a user announced twice).
     DoubleMemberAdded,
+    /// Nodes ignore the loss of another node (its members stay as ghosts).
+    IgnoreNodeLoss,
 }
 
+/// A shard's inbox message (the bus), within one node.
 enum Msg {
     Home {
         from: Origin,
@@ -71,6 +81,26 @@ enum Msg {
         to: ConnRef,
         frame: Bytes,
     },
+    DropOrigin(Origin),
+    Replace {
+        origin: Origin,
+        piece: u16,
+        pieces: u16,
+        entries: Arc<Vec<SnapEntry>>,
+    },
+    SnapshotRequest,
+}
+
+/// What crosses the broker, as the cluster side-car sends it.
+enum Wire {
+    Change(Delta),
+    Hello,
+    Snapshot {
+        piece: u16,
+        pieces: u16,
+        entries: Arc<Vec<SnapEntry>>,
+    },
+    Leaving,
 }
 
 enum Sub {
@@ -98,6 +128,16 @@ struct SimShard {
     index: BTreeMap<Arc<str>, BTreeSet<u32>>,
 }
 
+/// One ringpush process: its shards and which other nodes it currently counts as live.
+struct SimNode {
+    id: NodeId,
+    alive: bool,
+    shards: Vec<SimShard>,
+    known: BTreeSet<usize>,
+    /// Webhooks its homes reported (before leadership picks one node per channel).
+    hooks: Vec<(Arc<str>, HookKind)>,
+}
+
 /// How much of the interesting ground a run covered.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Coverage {
@@ -106,14 +146,22 @@ struct Coverage {
     member_events: u32,
     watch_notices: u32,
     count_events: u32,
+    crashes: u32,
+    outages: u32,
+    resyncs: u32,
 }
 
 struct Sim {
     rng: fastrand::Rng,
     seen: Coverage,
-    shards: Vec<SimShard>,
+    nodes: Vec<SimNode>,
+    /// Broker queues per (sender, receiver): one publisher's messages stay in order.
+    broker: BTreeMap<(usize, usize), VecDeque<Wire>>,
+    broker_up: bool,
+    /// Nodes whose messages the broker holds back (a slow link): others may time them out
+    /// although they are alive and do not know it.
+    stalled: BTreeSet<usize>,
     next_conn: u32,
-    hooks: Vec<(Arc<str>, HookKind)>,
     mutation: Mutation,
     log: Vec<String>,
 }
@@ -140,41 +188,96 @@ fn id_key(v: &Value) -> String {
     }
 }
 
+fn key_of(delta: &Delta) -> &str {
+    match delta {
+        Delta::Subscribed { channel, .. }
+        | Delta::Unsubscribed { channel, .. }
+        | Delta::Join { channel, .. }
+        | Delta::RemoteJoin { channel, .. }
+        | Delta::Leave { channel, .. } => channel,
+        Delta::SignedIn { user, .. } | Delta::SignedOut { user, .. } => user,
+        Delta::Watch { .. } => "",
+    }
+}
+
+fn rules() -> Vec<AppRules> {
+    vec![AppRules {
+        max_presence_members: 100,
+        subscription_count: true,
+    }]
+}
+
 impl Sim {
     fn new(seed: u64, mutation: Mutation) -> Sim {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let n = rng.usize(1..=4);
-        let rules = vec![AppRules {
-            max_presence_members: 100,
-            subscription_count: true,
-        }];
-        let shards = (0..n)
-            .map(|_| SimShard {
-                home: Home::new(rules.clone()),
-                inbox: VecDeque::new(),
-                conns: BTreeMap::new(),
-                index: BTreeMap::new(),
-            })
-            .collect();
-        Sim {
+        // A third of the runs are one node (the cross-core case alone), the rest clusters.
+        let nodes = if rng.u32(0..3) == 0 {
+            1
+        } else {
+            rng.usize(2..=3)
+        };
+        let mut sim = Sim {
             rng,
             seen: Coverage::default(),
-            shards,
+            nodes: Vec::new(),
+            broker: BTreeMap::new(),
+            broker_up: true,
+            stalled: BTreeSet::new(),
             next_conn: 0,
-            hooks: Vec::new(),
             mutation,
             log: Vec::new(),
+        };
+        for _ in 0..nodes {
+            sim.add_node();
         }
+        // Start-up: everyone already knows everyone (as after the first Hello round).
+        for a in 0..nodes {
+            for b in 0..nodes {
+                if a != b {
+                    sim.nodes[a].known.insert(b);
+                }
+            }
+        }
+        sim
     }
 
-    fn home_of(&self, name: &str) -> usize {
-        home_of(APP, name, self.shards.len()).0 as usize
+    fn add_node(&mut self) -> usize {
+        let shards = self.rng.usize(1..=3);
+        let replicate = true;
+        let n = self.nodes.len();
+        self.nodes.push(SimNode {
+            id: NodeId(n as u64 + 1),
+            alive: true,
+            shards: (0..shards)
+                .map(|_| SimShard {
+                    home: Home::new(rules()).replicating(replicate),
+                    inbox: VecDeque::new(),
+                    conns: BTreeMap::new(),
+                    index: BTreeMap::new(),
+                })
+                .collect(),
+            known: BTreeSet::new(),
+            hooks: Vec::new(),
+        });
+        n
     }
 
-    fn send_home(&mut self, from: usize, name: &str, delta: Delta) {
-        let home = self.home_of(name);
+    fn alive(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].alive)
+            .collect()
+    }
+
+    fn home_of(&self, n: usize, name: &str) -> usize {
+        home_of(APP, name, self.nodes[n].shards.len()).0 as usize
+    }
+
+    fn send_home(&mut self, n: usize, from: usize, name: &str, delta: Delta) {
+        let home = self.home_of(n, name);
         let from = Origin::Shard(ShardId(from as u16));
-        self.shards[home].inbox.push_back(Msg::Home { from, delta });
+        self.nodes[n].shards[home]
+            .inbox
+            .push_back(Msg::Home { from, delta });
     }
 
     fn conn_ref(shard: usize, id: u32) -> ConnRef {
@@ -184,31 +287,80 @@ impl Sim {
         }
     }
 
-    fn live(&self) -> Vec<(usize, u32)> {
+    fn live_conns(&self) -> Vec<(usize, usize, u32)> {
         let mut out = Vec::new();
-        for (s, sh) in self.shards.iter().enumerate() {
-            out.extend(sh.conns.keys().map(|&c| (s, c)));
+        for n in self.alive() {
+            for (s, sh) in self.nodes[n].shards.iter().enumerate() {
+                out.extend(sh.conns.keys().map(|&c| (n, s, c)));
+            }
         }
         out
     }
 
-    fn pick_live(&mut self) -> Option<(usize, u32)> {
-        let live = self.live();
+    fn pick_live(&mut self) -> Option<(usize, usize, u32)> {
+        let live = self.live_conns();
         (!live.is_empty()).then(|| live[self.rng.usize(..live.len())])
+    }
+
+    fn conn(&mut self, n: usize, s: usize, id: u32) -> &mut Conn {
+        self.nodes[n].shards[s]
+            .conns
+            .get_mut(&id)
+            .expect("live connection")
+    }
+
+    /// Puts a message on the broker for every other live node this one is connected through.
+    fn to_broker(&mut self, from: usize, make: impl Fn() -> Wire) {
+        if !self.broker_up {
+            return; // dropped and counted by the real side-car; never buffered
+        }
+        for to in self.alive() {
+            if to != from {
+                self.broker.entry((from, to)).or_default().push_back(make());
+            }
+        }
+    }
+
+    fn busy_shards(&self) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for n in self.alive() {
+            for (s, sh) in self.nodes[n].shards.iter().enumerate() {
+                if !sh.inbox.is_empty() {
+                    out.push((n, s));
+                }
+            }
+        }
+        out
+    }
+
+    fn busy_links(&self) -> Vec<(usize, usize)> {
+        self.broker
+            .iter()
+            .filter(|((from, _), q)| !q.is_empty() && !self.stalled.contains(from))
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     /// One random step. Returns the check result of whatever was delivered.
     fn step(&mut self) -> Check {
-        let busy: Vec<usize> = (0..self.shards.len())
-            .filter(|&s| !self.shards[s].inbox.is_empty())
-            .collect();
+        let busy = self.busy_shards();
+        let links = self.busy_links();
         let roll = self.rng.u32(0..100);
-        if !busy.is_empty() && roll < 55 {
-            let s = busy[self.rng.usize(..busy.len())];
-            return self.handle_one(s);
+        if !busy.is_empty() && roll < 45 {
+            let (n, s) = busy[self.rng.usize(..busy.len())];
+            return self.handle_one(n, s);
+        }
+        if !links.is_empty() && roll < 65 {
+            let link = links[self.rng.usize(..links.len())];
+            self.deliver_wire(link);
+            return Ok(());
+        }
+        if self.nodes.len() > 1 && self.rng.u32(0..100) < 3 {
+            self.node_event();
+            return Ok(());
         }
         match self.rng.u32(0..100) {
-            0..=19 if self.live().len() < MAX_LIVE_CONNS => self.connect(),
+            0..=19 if self.live_conns().len() < MAX_LIVE_CONNS => self.connect(),
             0..=54 => self.subscribe(),
             55..=69 => self.unsubscribe(),
             70..=84 => self.disconnect(),
@@ -217,12 +369,164 @@ impl Sim {
         Ok(())
     }
 
+    /// Something happens to a node or the broker: a crash, a clean stop, a new node, an outage
+    /// starting or ending, or a node noticing that another went silent.
+    fn node_event(&mut self) {
+        let alive = self.alive();
+        match self.rng.u32(0..100) {
+            0..=19 if alive.len() > 1 => {
+                let n = alive[self.rng.usize(..alive.len())];
+                self.log.push(format!("node {n} crashes"));
+                self.seen.crashes += 1;
+                self.kill(n);
+            }
+            20..=34 if alive.len() > 1 => {
+                let n = alive[self.rng.usize(..alive.len())];
+                self.log.push(format!("node {n} stops cleanly"));
+                self.to_broker(n, || Wire::Leaving);
+                self.kill(n);
+            }
+            35..=49 if self.nodes.len() < 6 => {
+                let n = self.add_node();
+                self.log.push(format!("node {n} starts"));
+                self.hello(n);
+            }
+            50..=64 if self.broker_up => {
+                self.log.push("broker goes down".into());
+                self.seen.outages += 1;
+                self.broker_up = false;
+                self.broker.clear();
+            }
+            65..=79 if !self.broker_up => self.broker_back(),
+            80..=87 if self.stalled.is_empty() => {
+                let n = alive[self.rng.usize(..alive.len())];
+                self.log.push(format!("node {n}'s messages stall"));
+                self.stalled.insert(n);
+            }
+            88..=91 if !self.stalled.is_empty() => {
+                self.log.push("stalled messages flow again".into());
+                self.stalled.clear();
+            }
+            _ => self.some_timeout(),
+        }
+    }
+
+    /// A node's process ends: its connections vanish without saying goodbye.
+    fn kill(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        node.alive = false;
+        node.shards.clear();
+        node.known.clear();
+        // What it had already published stays in the broker; what was for it is gone.
+        self.broker.retain(|(_, to), _| *to != n);
+    }
+
+    fn broker_back(&mut self) {
+        self.log.push("broker back".into());
+        self.broker_up = true;
+        for n in self.alive() {
+            self.hello(n);
+        }
+    }
+
+    /// A node (re)connects: it asks everyone for their state and sends its own.
+    fn hello(&mut self, n: usize) {
+        self.to_broker(n, || Wire::Hello);
+        for sh in self.nodes[n].shards.iter_mut() {
+            sh.inbox.push_back(Msg::SnapshotRequest);
+        }
+    }
+
+    /// One live node stops counting one it knows: allowed when the other is dead or the broker
+    /// is down, and once everything the other published before has arrived (the timeout is
+    /// seconds; a broker hop is milliseconds).
+    fn some_timeout(&mut self) {
+        let mut candidates = Vec::new();
+        for m in self.alive() {
+            for &x in &self.nodes[m].known {
+                let stalled = self.stalled.contains(&x);
+                let gone = !self.nodes[x].alive || !self.broker_up || stalled;
+                let drained = stalled || self.broker.get(&(x, m)).is_none_or(|q| q.is_empty());
+                if gone && drained {
+                    candidates.push((m, x));
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        let (m, x) = candidates[self.rng.usize(..candidates.len())];
+        self.drop_node(m, x);
+    }
+
+    fn drop_node(&mut self, m: usize, x: usize) {
+        self.log.push(format!("node {m} drops node {x}"));
+        self.nodes[m].known.remove(&x);
+        if self.mutation == Mutation::IgnoreNodeLoss {
+            return;
+        }
+        let origin = Origin::Node(self.nodes[x].id);
+        for sh in self.nodes[m].shards.iter_mut() {
+            sh.inbox.push_back(Msg::DropOrigin(origin));
+        }
+    }
+
+    fn deliver_wire(&mut self, link: (usize, usize)) {
+        let (from, to) = link;
+        let msg = self
+            .broker
+            .get_mut(&link)
+            .and_then(|q| q.pop_front())
+            .expect("busy link");
+        if !self.nodes[to].alive {
+            return;
+        }
+        if self.nodes[to].known.insert(from) {
+            // Heard for the first time, or again after being dropped: everyone resends.
+            self.log.push(format!("node {to} hears node {from} again"));
+            self.hello(to);
+        }
+        let origin = Origin::Node(self.nodes[from].id);
+        match msg {
+            Wire::Change(delta) => {
+                let home = self.home_of(to, key_of(&delta));
+                self.nodes[to].shards[home].inbox.push_back(Msg::Home {
+                    from: origin,
+                    delta,
+                });
+            }
+            Wire::Hello => {
+                for sh in self.nodes[to].shards.iter_mut() {
+                    sh.inbox.push_back(Msg::SnapshotRequest);
+                }
+            }
+            Wire::Snapshot {
+                piece,
+                pieces,
+                entries,
+            } => {
+                self.seen.resyncs += 1;
+                for sh in self.nodes[to].shards.iter_mut() {
+                    sh.inbox.push_back(Msg::Replace {
+                        origin,
+                        piece,
+                        pieces,
+                        entries: entries.clone(),
+                    });
+                }
+            }
+            Wire::Leaving => self.drop_node(to, from),
+        }
+    }
+
     fn connect(&mut self) {
-        let s = self.rng.usize(..self.shards.len());
+        let alive = self.alive();
+        let n = alive[self.rng.usize(..alive.len())];
+        let s = self.rng.usize(..self.nodes[n].shards.len());
         self.next_conn += 1;
         let id = self.next_conn;
-        self.log.push(format!("connect {id} on shard {s}"));
-        self.shards[s].conns.insert(
+        self.log.push(format!("connect {id} on node {n} shard {s}"));
+        self.nodes[n].shards[s].conns.insert(
             id,
             Conn {
                 socket_id: format!("{id}.{s}").into(),
@@ -237,13 +541,12 @@ impl Sim {
     }
 
     fn subscribe(&mut self) {
-        let Some((s, id)) = self.pick_live() else {
+        let Some((n, s, id)) = self.pick_live() else {
             return;
         };
         let channel: Arc<str> = CHANNELS[self.rng.usize(..CHANNELS.len())].into();
         let (key, raw) = USERS[self.rng.usize(..USERS.len())];
-        let conn = self.shards[s].conns.get_mut(&id).expect("live");
-        if conn.subs.contains_key(&channel) {
+        if self.conn(n, s, id).subs.contains_key(&channel) {
             return;
         }
         self.log.push(format!("conn {id} subscribes {channel}"));
@@ -253,6 +556,7 @@ impl Sim {
                 raw_id: raw.into(),
                 info: None,
             });
+            let conn = self.conn(n, s, id);
             conn.subs
                 .insert(channel.clone(), Sub::Pending(member.clone()));
             let delta = Delta::Join {
@@ -262,14 +566,16 @@ impl Sim {
                 conn: Self::conn_ref(s, id),
                 socket_id: conn.socket_id.clone(),
             };
-            self.send_home(s, &channel, delta);
+            self.send_home(n, s, &channel, delta);
             // Often the client goes away before the answer is back.
             if self.rng.u32(0..4) == 0 {
-                self.drop_conn(s, id);
+                self.drop_conn(n, s, id);
             }
         } else {
-            conn.subs.insert(channel.clone(), Sub::Active(None));
-            self.shards[s]
+            self.conn(n, s, id)
+                .subs
+                .insert(channel.clone(), Sub::Active(None));
+            self.nodes[n].shards[s]
                 .index
                 .entry(channel.clone())
                 .or_default()
@@ -278,33 +584,33 @@ impl Sim {
                 app: APP,
                 channel: channel.clone(),
             };
-            self.send_home(s, &channel, delta);
+            self.send_home(n, s, &channel, delta);
         }
     }
 
     fn unsubscribe(&mut self) {
-        let Some((s, id)) = self.pick_live() else {
+        let Some((n, s, id)) = self.pick_live() else {
             return;
         };
-        let conn = self.shards[s].conns.get_mut(&id).expect("live");
-        let names: Vec<Arc<str>> = conn.subs.keys().cloned().collect();
+        let names: Vec<Arc<str>> = self.conn(n, s, id).subs.keys().cloned().collect();
         if names.is_empty() {
             return;
         }
         let channel = names[self.rng.usize(..names.len())].clone();
         self.log.push(format!("conn {id} unsubscribes {channel}"));
+        let conn = self.conn(n, s, id);
         let sub = conn.subs.remove(&channel).expect("listed");
         conn.members_seen.remove(&channel);
         conn.last_count.remove(&channel);
-        self.leave(s, id, &channel, sub);
+        self.leave(n, s, id, &channel, sub);
     }
 
     /// What leaving one subscription sends; a pending join is undone when its answer comes.
-    fn leave(&mut self, s: usize, id: u32, channel: &Arc<str>, sub: Sub) {
+    fn leave(&mut self, n: usize, s: usize, id: u32, channel: &Arc<str>, sub: Sub) {
         let Sub::Active(member) = sub else {
             return;
         };
-        if let Some(set) = self.shards[s].index.get_mut(channel) {
+        if let Some(set) = self.nodes[n].shards[s].index.get_mut(channel) {
             set.remove(&id);
         }
         let delta = match member {
@@ -318,33 +624,33 @@ impl Sim {
                 channel: channel.clone(),
             },
         };
-        self.send_home(s, channel, delta);
+        self.send_home(n, s, channel, delta);
     }
 
     fn disconnect(&mut self) {
-        if let Some((s, id)) = self.pick_live() {
-            self.drop_conn(s, id);
+        if let Some((n, s, id)) = self.pick_live() {
+            self.drop_conn(n, s, id);
         }
     }
 
-    fn drop_conn(&mut self, s: usize, id: u32) {
+    fn drop_conn(&mut self, n: usize, s: usize, id: u32) {
         self.log.push(format!("conn {id} drops"));
-        let conn = self.shards[s].conns.remove(&id).expect("live");
+        let conn = self.nodes[n].shards[s].conns.remove(&id).expect("live");
         for (channel, sub) in conn.subs {
-            self.leave(s, id, &channel, sub);
+            self.leave(n, s, id, &channel, sub);
         }
         if let Some(user) = conn.user {
             let delta = Delta::SignedOut {
                 app: APP,
                 user: user.clone(),
             };
-            self.send_home(s, &user, delta);
-            self.watch(s, id, &conn.watchlist, false);
+            self.send_home(n, s, &user, delta);
+            self.watch(n, s, id, &conn.watchlist, false);
         }
     }
 
     fn sign_in(&mut self) {
-        let Some((s, id)) = self.pick_live() else {
+        let Some((n, s, id)) = self.pick_live() else {
             return;
         };
         let user: Arc<str> = USERS[self.rng.usize(..USERS.len())].0.into();
@@ -353,27 +659,30 @@ impl Sim {
             .filter(|_| self.rng.bool())
             .map(|(k, _)| Arc::from(*k))
             .collect();
-        let conn = self.shards[s].conns.get_mut(&id).expect("live");
+        let conn = self.conn(n, s, id);
         if conn.user.is_some() {
             return;
         }
+        conn.user = Some(user.clone());
+        conn.watchlist = watchlist.clone();
         self.log.push(format!(
             "conn {id} signs in as {user} watching {watchlist:?}"
         ));
-        conn.user = Some(user.clone());
-        conn.watchlist = watchlist.clone();
         let delta = Delta::SignedIn {
             app: APP,
             user: user.clone(),
         };
-        self.send_home(s, &user, delta);
-        self.watch(s, id, &watchlist, true);
+        self.send_home(n, s, &user, delta);
+        self.watch(n, s, id, &watchlist, true);
     }
 
-    fn watch(&mut self, s: usize, id: u32, users: &[Arc<str>], add: bool) {
+    fn watch(&mut self, n: usize, s: usize, id: u32, users: &[Arc<str>], add: bool) {
         let mut by_home: BTreeMap<usize, Vec<Arc<str>>> = BTreeMap::new();
         for u in users {
-            by_home.entry(self.home_of(u)).or_default().push(u.clone());
+            by_home
+                .entry(self.home_of(n, u))
+                .or_default()
+                .push(u.clone());
         }
         for (home, users) in by_home {
             let delta = Delta::Watch {
@@ -383,62 +692,95 @@ impl Sim {
                 add,
             };
             let from = Origin::Shard(ShardId(s as u16));
-            self.shards[home].inbox.push_back(Msg::Home { from, delta });
+            self.nodes[n].shards[home]
+                .inbox
+                .push_back(Msg::Home { from, delta });
         }
     }
 
-    fn handle_one(&mut self, s: usize) -> Check {
-        let msg = self.shards[s].inbox.pop_front().expect("busy shard");
+    fn handle_one(&mut self, n: usize, s: usize) -> Check {
+        let msg = self.nodes[n].shards[s]
+            .inbox
+            .pop_front()
+            .expect("busy shard");
+        let mut out = Vec::new();
         match msg {
             Msg::Home { from, delta } => {
-                let mut out = Vec::new();
-                self.shards[s].home.apply(from, delta, 0, &mut out);
-                self.apply_effects(out);
-                Ok(())
+                self.nodes[n].shards[s].home.apply(from, delta, 0, &mut out);
+            }
+            Msg::DropOrigin(origin) => {
+                self.nodes[n].shards[s]
+                    .home
+                    .drop_origin(origin, 0, &mut out);
+            }
+            Msg::Replace {
+                origin,
+                piece,
+                pieces,
+                entries,
+            } => {
+                let shards = self.nodes[n].shards.len();
+                let covers = |app: AppIdx, name: &str| {
+                    home_of(app, name, pieces as usize).0 == piece
+                        && home_of(app, name, shards).0 as usize == s
+                };
+                self.nodes[n].shards[s]
+                    .home
+                    .replace_origin(origin, covers, &entries, 0, &mut out);
+            }
+            Msg::SnapshotRequest => {
+                let entries = Arc::new(self.nodes[n].shards[s].home.snapshot_local());
+                let (piece, pieces) = (s as u16, self.nodes[n].shards.len() as u16);
+                self.to_broker(n, || Wire::Snapshot {
+                    piece,
+                    pieces,
+                    entries: entries.clone(),
+                });
             }
             Msg::JoinAnswer {
                 to,
                 channel,
                 member,
                 result,
-            } => self.join_answer(s, to.key.idx, channel, member, result),
+            } => return self.join_answer(n, s, to.key.idx, channel, member, result),
             Msg::Publish {
                 channel,
                 frame,
                 except,
             } => {
-                let ids: Vec<u32> = self.shards[s]
+                let ids: Vec<u32> = self.nodes[n].shards[s]
                     .index
                     .get(&channel)
                     .map(|set| set.iter().copied().collect())
                     .unwrap_or_default();
                 for id in ids {
-                    let conn = &self.shards[s].conns[&id];
+                    let conn = &self.nodes[n].shards[s].conns[&id];
                     if except.as_deref() == Some(&*conn.socket_id) {
                         continue;
                     }
-                    self.receive(s, id, &frame)?;
+                    self.receive(n, s, id, &frame)?;
                 }
-                Ok(())
             }
             Msg::Notice { to, frame } => {
-                if self.shards[s].conns.contains_key(&to.key.idx) {
-                    self.receive(s, to.key.idx, &frame)?;
+                if self.nodes[n].shards[s].conns.contains_key(&to.key.idx) {
+                    self.receive(n, s, to.key.idx, &frame)?;
                 }
-                Ok(())
             }
         }
+        self.apply_effects(n, out);
+        Ok(())
     }
 
     fn join_answer(
         &mut self,
+        n: usize,
         s: usize,
         id: u32,
         channel: Arc<str>,
         member: Arc<Member>,
         result: Result<Bytes, String>,
     ) -> Check {
-        let pending = self.shards[s].conns.get(&id).is_some_and(
+        let pending = self.nodes[n].shards[s].conns.get(&id).is_some_and(
             |c| matches!(c.subs.get(&channel), Some(Sub::Pending(m)) if Arc::ptr_eq(m, &member)),
         );
         if !pending {
@@ -450,25 +792,30 @@ impl Sim {
                     channel: channel.clone(),
                     user_key: member.key.as_str().into(),
                 };
-                self.send_home(s, &channel, delta);
+                self.send_home(n, s, &channel, delta);
             }
             return Ok(());
         }
-        let conn = self.shards[s].conns.get_mut(&id).expect("pending");
         match result {
             Ok(frame) => {
-                conn.subs.insert(channel.clone(), Sub::Active(Some(member)));
-                self.shards[s].index.entry(channel).or_default().insert(id);
-                self.receive(s, id, &frame)
+                self.conn(n, s, id)
+                    .subs
+                    .insert(channel.clone(), Sub::Active(Some(member)));
+                self.nodes[n].shards[s]
+                    .index
+                    .entry(channel)
+                    .or_default()
+                    .insert(id);
+                self.receive(n, s, id, &frame)
             }
             Err(_) => {
-                conn.subs.remove(&channel);
+                self.conn(n, s, id).subs.remove(&channel);
                 Ok(())
             }
         }
     }
 
-    fn apply_effects(&mut self, effects: Vec<Effect>) {
+    fn apply_effects(&mut self, n: usize, effects: Vec<Effect>) {
         for e in effects {
             match e {
                 Effect::Publish {
@@ -477,20 +824,21 @@ impl Sim {
                     except,
                     ..
                 } => {
-                    let removed = self.mutation == Mutation::DropMemberRemoved
-                        && event_of(&frame)["event"] == "pusher_internal:member_removed";
+                    let name = event_of(&frame)["event"].clone();
+                    if self.mutation == Mutation::DropMemberRemoved
+                        && name == "pusher_internal:member_removed"
+                    {
+                        continue;
+                    }
                     let copies = if self.mutation == Mutation::DoubleMemberAdded
-                        && event_of(&frame)["event"] == "pusher_internal:member_added"
+                        && name == "pusher_internal:member_added"
                     {
                         2
                     } else {
                         1
                     };
-                    if removed {
-                        continue;
-                    }
                     for _ in 0..copies {
-                        for sh in self.shards.iter_mut() {
+                        for sh in self.nodes[n].shards.iter_mut() {
                             sh.inbox.push_back(Msg::Publish {
                                 channel: channel.clone(),
                                 frame: frame.clone(),
@@ -505,7 +853,7 @@ impl Sim {
                     member,
                     result,
                     ..
-                } => self.shards[to.shard.0 as usize]
+                } => self.nodes[n].shards[to.shard.0 as usize]
                     .inbox
                     .push_back(Msg::JoinAnswer {
                         to,
@@ -513,25 +861,23 @@ impl Sim {
                         member,
                         result,
                     }),
-                Effect::Notice { to, frame } => self.shards[to.shard.0 as usize]
+                Effect::Notice { to, frame } => self.nodes[n].shards[to.shard.0 as usize]
                     .inbox
                     .push_back(Msg::Notice { to, frame }),
-                Effect::Hook { channel, kind, .. } => self.hooks.push((channel, kind)),
-                // The simulated shards are one node: their homes do not replicate.
-                Effect::Replicate(d) => panic!("a single-node home replicated {d:?}"),
+                Effect::Hook { channel, kind, .. } => self.nodes[n].hooks.push((channel, kind)),
+                Effect::Replicate(delta) => {
+                    self.to_broker(n, || Wire::Change(delta.clone()));
+                }
             }
         }
     }
 
     /// A client reads a frame: its view of members, counts and online users moves on, and the
     /// per-delivery rules are checked.
-    fn receive(&mut self, s: usize, id: u32, frame: &Bytes) -> Check {
+    fn receive(&mut self, n: usize, s: usize, id: u32, frame: &Bytes) -> Check {
         let ev = event_of(frame);
         let name = ev["event"].as_str().unwrap_or_default().to_string();
-        let conn = self.shards[s]
-            .conns
-            .get_mut(&id)
-            .expect("delivered to a live conn");
+        let conn = self.conn(n, s, id);
         if let Some(channel) = ev["channel"].as_str() {
             if !matches!(conn.subs.get(channel), Some(Sub::Active(_))) {
                 return Err(format!(
@@ -540,6 +886,16 @@ impl Sim {
             }
         }
         let channel: Arc<str> = ev["channel"].as_str().unwrap_or_default().into();
+        let counted = |c: &mut Coverage| match name.as_str() {
+            "pusher_internal:member_added" | "pusher_internal:member_removed" => {
+                c.member_events += 1
+            }
+            "pusher_internal:subscription_count" => c.count_events += 1,
+            "pusher_internal:watchlist_events" => c.watch_notices += 1,
+            _ => {}
+        };
+        counted(&mut self.seen);
+        let conn = self.conn(n, s, id);
         match name.as_str() {
             "pusher_internal:subscription_succeeded" => {
                 let ids = data_of(&ev)["presence"]["ids"]
@@ -550,7 +906,6 @@ impl Sim {
                 conn.members_seen.insert(channel, seen);
             }
             "pusher_internal:member_added" => {
-                self.seen.member_events += 1;
                 let user = id_key(&data_of(&ev)["user_id"]);
                 let seen = conn.members_seen.entry(channel.clone()).or_default();
                 if !seen.insert(user.clone()) {
@@ -560,7 +915,6 @@ impl Sim {
                 }
             }
             "pusher_internal:member_removed" => {
-                self.seen.member_events += 1;
                 let user = id_key(&data_of(&ev)["user_id"]);
                 let seen = conn.members_seen.entry(channel.clone()).or_default();
                 if !seen.remove(&user) {
@@ -570,12 +924,10 @@ impl Sim {
                 }
             }
             "pusher_internal:subscription_count" => {
-                self.seen.count_events += 1;
-                let n = data_of(&ev)["subscription_count"].as_u64().unwrap_or(0) as usize;
-                conn.last_count.insert(channel, n);
+                let count = data_of(&ev)["subscription_count"].as_u64().unwrap_or(0);
+                conn.last_count.insert(channel, count as usize);
             }
             "pusher_internal:watchlist_events" => {
-                self.seen.watch_notices += 1;
                 for group in data_of(&ev)["events"]
                     .as_array()
                     .cloned()
@@ -592,135 +944,190 @@ impl Sim {
         Ok(())
     }
 
-    /// Drains every inbox in a random interleaving.
+    /// Brings the system to rest: every inbox and broker queue drained, the broker up, dead
+    /// nodes dropped by every live one, in a random interleaving.
     fn settle(&mut self) -> Check {
-        loop {
-            let busy: Vec<usize> = (0..self.shards.len())
-                .filter(|&s| !self.shards[s].inbox.is_empty())
-                .collect();
-            if busy.is_empty() {
-                return Ok(());
+        self.stalled.clear();
+        if !self.broker_up {
+            // An outage lasting past node_timeout: everyone drops everyone, then it ends.
+            loop {
+                let busy = self.busy_shards();
+                if busy.is_empty() {
+                    break;
+                }
+                let (n, s) = busy[self.rng.usize(..busy.len())];
+                self.handle_one(n, s)?;
             }
-            let s = busy[self.rng.usize(..busy.len())];
-            self.handle_one(s)?;
+            for m in self.alive() {
+                let known: Vec<usize> = self.nodes[m].known.iter().copied().collect();
+                for x in known {
+                    self.drop_node(m, x);
+                }
+            }
+            self.broker_back();
+        }
+        loop {
+            let busy = self.busy_shards();
+            let links = self.busy_links();
+            if !busy.is_empty() && (links.is_empty() || self.rng.bool()) {
+                let (n, s) = busy[self.rng.usize(..busy.len())];
+                self.handle_one(n, s)?;
+            } else if !links.is_empty() {
+                let link = links[self.rng.usize(..links.len())];
+                self.deliver_wire(link);
+            } else {
+                // Quiet; a live node may still count a dead one: its timeout fires now.
+                let stale: Vec<(usize, usize)> = self
+                    .alive()
+                    .into_iter()
+                    .flat_map(|m| {
+                        self.nodes[m]
+                            .known
+                            .iter()
+                            .filter(|&&x| !self.nodes[x].alive)
+                            .map(move |&x| (m, x))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                if stale.is_empty() {
+                    return Ok(());
+                }
+                for (m, x) in stale {
+                    self.drop_node(m, x);
+                }
+            }
         }
     }
 
-    /// With every inbox empty: homes and every client's view equal the reference model.
+    /// At rest: every live node's homes and every client's view equal the reference model.
     fn check_quiet(&mut self) -> Check {
         self.seen.quiet_checks += 1;
-        // The reference model: what the live connections say is true.
+        // The reference model: what the live connections on live nodes say is true.
         let mut subs: BTreeMap<&str, usize> = BTreeMap::new();
         let mut members: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
         let mut online: BTreeSet<&str> = BTreeSet::new();
-        for sh in &self.shards {
-            for (id, c) in &sh.conns {
-                for (ch, sub) in &c.subs {
-                    let Sub::Active(m) = sub else {
-                        return Err(format!("conn {id}: join to {ch} still pending when quiet"));
-                    };
-                    *subs.entry(ch).or_default() += 1;
-                    if let Some(m) = m {
-                        members.entry(ch).or_default().insert(m.key.clone());
+        for n in self.alive() {
+            for sh in &self.nodes[n].shards {
+                for (id, c) in &sh.conns {
+                    for (ch, sub) in &c.subs {
+                        let Sub::Active(m) = sub else {
+                            return Err(format!("conn {id}: join to {ch} still pending at rest"));
+                        };
+                        *subs.entry(ch).or_default() += 1;
+                        if let Some(m) = m {
+                            members.entry(ch).or_default().insert(m.key.clone());
+                        }
                     }
-                }
-                if let Some(u) = &c.user {
-                    online.insert(u);
+                    if let Some(u) = &c.user {
+                        online.insert(u);
+                    }
                 }
             }
         }
-        for ch in CHANNELS {
-            let home = &self.shards[self.home_of(ch)].home;
-            let facts = home.facts(APP, ch);
-            let want_subs = subs.get(ch).copied().unwrap_or(0);
-            let want_members = members.get(ch).cloned().unwrap_or_default();
-            if facts.subscriptions != want_subs || facts.users != want_members.len() {
-                return Err(format!(
-                    "{ch}: home says {facts:?}, connections say {want_subs} subs, members {want_members:?}"
-                ));
-            }
-            let listed: BTreeSet<String> = home
-                .users(APP, ch)
-                .iter()
-                .map(|raw| id_key(&serde_json::from_str(raw).expect("raw id")))
-                .collect();
-            if listed != want_members {
-                return Err(format!(
-                    "{ch}: home lists {listed:?}, truth {want_members:?}"
-                ));
-            }
-            self.check_hooks(ch, want_subs, &want_members)?;
-            for sh in &self.shards {
-                for (id, c) in &sh.conns {
-                    if !c.subs.contains_key(ch) {
-                        continue;
-                    }
-                    if ch.starts_with("presence-") {
-                        let seen = c.members_seen.get(ch).cloned().unwrap_or_default();
-                        if seen != want_members {
+        for n in self.alive() {
+            let node = &self.nodes[n];
+            for ch in CHANNELS {
+                let home = &node.shards[home_of(APP, ch, node.shards.len()).0 as usize].home;
+                let facts = home.facts(APP, ch);
+                let want_subs = subs.get(ch).copied().unwrap_or(0);
+                let want_members = members.get(ch).cloned().unwrap_or_default();
+                if facts.subscriptions != want_subs || facts.users != want_members.len() {
+                    return Err(format!(
+                        "node {n}, {ch}: home says {facts:?}, connections say {want_subs} subs, members {want_members:?}"
+                    ));
+                }
+                let listed: BTreeSet<String> = home
+                    .users(APP, ch)
+                    .iter()
+                    .map(|raw| id_key(&serde_json::from_str(raw).expect("raw id")))
+                    .collect();
+                if listed != want_members {
+                    return Err(format!(
+                        "node {n}, {ch}: home lists {listed:?}, truth {want_members:?}"
+                    ));
+                }
+                check_hooks(n, &node.hooks, ch, want_subs, &want_members)?;
+                for sh in &node.shards {
+                    for (id, c) in &sh.conns {
+                        if !c.subs.contains_key(ch) {
+                            continue;
+                        }
+                        if ch.starts_with("presence-") {
+                            let seen = c.members_seen.get(ch).cloned().unwrap_or_default();
+                            if seen != want_members {
+                                return Err(format!(
+                                    "conn {id} lists {seen:?} on {ch}, truth {want_members:?}"
+                                ));
+                            }
+                        } else if c.last_count.get(ch) != Some(&want_subs) {
                             return Err(format!(
-                                "conn {id} lists {seen:?} on {ch}, truth {want_members:?}"
+                                "conn {id} last saw count {:?} on {ch}, truth {want_subs}",
+                                c.last_count.get(ch)
                             ));
                         }
-                    } else if c.last_count.get(ch) != Some(&want_subs) {
-                        return Err(format!(
-                            "conn {id} last saw count {:?} on {ch}, truth {want_subs}",
-                            c.last_count.get(ch)
-                        ));
                     }
                 }
             }
-        }
-        for (u, _) in USERS {
-            let home = &self.shards[self.home_of(u)].home;
-            if home.online(APP, u) != online.contains(u) {
-                return Err(format!("home says {u} online={}", home.online(APP, u)));
+            for (u, _) in USERS {
+                let home = &node.shards[home_of(APP, u, node.shards.len()).0 as usize].home;
+                if home.online(APP, u) != online.contains(u) {
+                    return Err(format!(
+                        "node {n}: home says {u} online={}",
+                        home.online(APP, u)
+                    ));
+                }
             }
-        }
-        for sh in &self.shards {
-            for (id, c) in &sh.conns {
-                for u in &c.watchlist {
-                    let seen = c.online_seen.get(u).copied();
-                    if seen != Some(online.contains(&**u)) {
-                        return Err(format!(
-                            "conn {id} thinks {u} online={seen:?}, truth {}",
-                            online.contains(&**u)
-                        ));
+            for sh in &node.shards {
+                for (id, c) in &sh.conns {
+                    for u in &c.watchlist {
+                        let seen = c.online_seen.get(u).copied();
+                        if seen != Some(online.contains(&**u)) {
+                            return Err(format!(
+                                "conn {id} thinks {u} online={seen:?}, truth {}",
+                                online.contains(&**u)
+                            ));
+                        }
                     }
                 }
             }
         }
         Ok(())
     }
+}
 
-    /// Webhooks of one channel: occupied/vacated alternate from occupied and end in the true
-    /// state; so do member_added/removed per user; the last subscription_count is the truth.
-    fn check_hooks(&self, ch: &str, subs: usize, members: &BTreeSet<String>) -> Check {
-        let mut occupied = false;
-        let mut present: BTreeSet<String> = BTreeSet::new();
-        let mut last_count = None;
-        for (c, kind) in self.hooks.iter().filter(|(c, _)| &**c == ch) {
-            match kind {
-                HookKind::ChannelOccupied if !occupied => occupied = true,
-                HookKind::ChannelVacated if occupied => occupied = false,
-                HookKind::MemberAdded { user_id } if present.insert(user_id.clone()) => {}
-                HookKind::MemberRemoved { user_id } if present.remove(user_id) => {}
-                HookKind::SubscriptionCount { count } => last_count = Some(*count),
-                other => return Err(format!("{c}: webhook {other:?} out of turn")),
-            }
+/// One node's webhooks for a channel: occupied/vacated alternate from occupied and end in the
+/// true state; so do member_added/removed per user; the last subscription_count is the truth.
+fn check_hooks(
+    n: usize,
+    hooks: &[(Arc<str>, HookKind)],
+    ch: &str,
+    subs: usize,
+    members: &BTreeSet<String>,
+) -> Check {
+    let mut occupied = false;
+    let mut present: BTreeSet<String> = BTreeSet::new();
+    let mut last_count = None;
+    for (c, kind) in hooks.iter().filter(|(c, _)| &**c == ch) {
+        match kind {
+            HookKind::ChannelOccupied if !occupied => occupied = true,
+            HookKind::ChannelVacated if occupied => occupied = false,
+            HookKind::MemberAdded { user_id } if present.insert(user_id.clone()) => {}
+            HookKind::MemberRemoved { user_id } if present.remove(user_id) => {}
+            HookKind::SubscriptionCount { count } => last_count = Some(*count),
+            other => return Err(format!("node {n}, {c}: webhook {other:?} out of turn")),
         }
-        if occupied != (subs > 0) || &present != members {
-            return Err(format!(
-                "{ch}: webhooks end occupied={occupied} members {present:?}; truth {subs} subs, {members:?}"
-            ));
-        }
-        if !ch.starts_with("presence-") && last_count.is_some_and(|n| n != subs) {
-            return Err(format!(
-                "{ch}: last count webhook {last_count:?}, truth {subs}"
-            ));
-        }
-        Ok(())
     }
+    if occupied != (subs > 0) || &present != members {
+        return Err(format!(
+            "node {n}, {ch}: webhooks end occupied={occupied} members {present:?}; truth {subs} subs, {members:?}"
+        ));
+    }
+    if !ch.starts_with("presence-") && last_count.is_some_and(|c| c != subs) {
+        return Err(format!(
+            "node {n}, {ch}: last count webhook {last_count:?}, truth {subs}"
+        ));
+    }
+    Ok(())
 }
 
 /// One seeded run: random steps, settling and checking now and then and at the end.
@@ -743,10 +1150,11 @@ fn run_counted(seed: u64, mutation: Mutation) -> (Check, Coverage) {
         sim.check_quiet()
     })();
     let result = result.map_err(|e| {
-        let tail: Vec<&String> = sim.log.iter().rev().take(12).collect();
+        let tail: Vec<&String> = sim.log.iter().rev().take(16).collect();
         format!(
-            "{e}\n  {} shard(s); last client steps, newest first: {tail:?}",
-            sim.shards.len()
+            "{e}\n  {} node(s), shards {:?}; last steps, newest first: {tail:?}",
+            sim.nodes.len(),
+            sim.nodes.iter().map(|n| n.shards.len()).collect::<Vec<_>>()
         )
     });
     (result, sim.seen)
@@ -786,6 +1194,9 @@ mod tests {
             total.member_events += c.member_events;
             total.watch_notices += c.watch_notices;
             total.count_events += c.count_events;
+            total.crashes += c.crashes;
+            total.outages += c.outages;
+            total.resyncs += c.resyncs;
         }
         // Every kind of event the checks are about happens many times, joins are undone after
         // their connection left, and the model is compared often, not only at the end.
@@ -794,6 +1205,8 @@ mod tests {
         assert!(total.member_events > 1_500, "{total:?}");
         assert!(total.watch_notices > 1_000, "{total:?}");
         assert!(total.count_events > 3_000, "{total:?}");
+        assert!(total.crashes > 50 && total.outages > 50, "{total:?}");
+        assert!(total.resyncs > 500, "{total:?}");
     }
 
     #[test]
@@ -804,7 +1217,8 @@ mod tests {
             assert_eq!(a.step(), b.step());
         }
         assert_eq!(a.log, b.log);
-        assert_eq!(a.hooks, b.hooks);
+        let hooks = |s: &Sim| s.nodes.iter().map(|n| n.hooks.clone()).collect::<Vec<_>>();
+        assert_eq!(hooks(&a), hooks(&b));
     }
 
     #[test]
@@ -822,5 +1236,12 @@ mod tests {
         let caught = (0..200).find_map(|seed| run(seed, Mutation::DoubleMemberAdded).err());
         let e = caught.expect("some run must notice the repeated member_added");
         assert!(e.contains("already listed"), "{e}");
+    }
+
+    #[test]
+    fn ghosts_of_a_lost_node_are_caught() {
+        let caught = (0..300).find_map(|seed| run(seed, Mutation::IgnoreNodeLoss).err());
+        let e = caught.expect("some run must notice a dead node's members");
+        assert!(e.contains("home says") || e.contains("truth"), "{e}");
     }
 }
