@@ -310,7 +310,7 @@ impl Sim {
     }
 
     /// Puts a message on the broker for every other live node this one is connected through.
-    fn to_broker(&mut self, from: usize, make: impl Fn() -> Wire) {
+    fn publish_to_broker(&mut self, from: usize, make: impl Fn() -> Wire) {
         if !self.broker_up {
             return; // dropped and counted by the real side-car; never buffered
         }
@@ -383,7 +383,7 @@ impl Sim {
             20..=34 if alive.len() > 1 => {
                 let n = alive[self.rng.usize(..alive.len())];
                 self.log.push(format!("node {n} stops cleanly"));
-                self.to_broker(n, || Wire::Leaving);
+                self.publish_to_broker(n, || Wire::Leaving);
                 self.kill(n);
             }
             35..=49 if self.nodes.len() < 6 => {
@@ -431,7 +431,7 @@ impl Sim {
 
     /// A node (re)connects: it asks everyone for their state and sends its own.
     fn hello(&mut self, n: usize) {
-        self.to_broker(n, || Wire::Hello);
+        self.publish_to_broker(n, || Wire::Hello);
         for sh in self.nodes[n].shards.iter_mut() {
             sh.inbox.push_back(Msg::SnapshotRequest);
         }
@@ -731,7 +731,7 @@ impl Sim {
             Msg::SnapshotRequest => {
                 let entries = Arc::new(self.nodes[n].shards[s].home.snapshot_local());
                 let (piece, pieces) = (s as u16, self.nodes[n].shards.len() as u16);
-                self.to_broker(n, || Wire::Snapshot {
+                self.publish_to_broker(n, || Wire::Snapshot {
                     piece,
                     pieces,
                     entries: entries.clone(),
@@ -866,7 +866,7 @@ impl Sim {
                     .push_back(Msg::Notice { to, frame }),
                 Effect::Hook { channel, kind, .. } => self.nodes[n].hooks.push((channel, kind)),
                 Effect::Replicate(delta) => {
-                    self.to_broker(n, || Wire::Change(delta.clone()));
+                    self.publish_to_broker(n, || Wire::Change(delta.clone()));
                 }
             }
         }
