@@ -455,3 +455,36 @@ async fn cache_channels_and_watchlists_span_nodes() {
         json!([{"name":"offline","user_ids":["star"]}])
     );
 }
+
+#[tokio::test]
+async fn the_connection_quota_counts_every_node() {
+    let redis = Redis::start();
+    let prefix = uniq("rp");
+    let app = App::default().with("max_connections", 2);
+    let nodes: Vec<Server> = (0..2)
+        .map(|_| {
+            Server::start_with(Config::with_app(app.clone()).clustered(
+                redis.port,
+                &prefix,
+                NODE_TIMEOUT,
+            ))
+        })
+        .collect();
+    for node in &nodes {
+        wait_peers(node, 1).await;
+    }
+    let _a = nodes[0].connect().await;
+    let _b = nodes[1].connect().await;
+    // Each node learns the other's count from its next heartbeat.
+    for node in &nodes {
+        let n = poll_until(
+            || async { node.api().get("/connections", &[]).await.json() },
+            |v: &Value| v["connections"] == 2,
+        )
+        .await;
+        assert_eq!(n["connections"], 2, "on {}", node.addr);
+    }
+    let path = format!("/app/{}?protocol=7", app.key);
+    expect_rejected(&nodes[0], &path, 4004).await;
+    expect_rejected(&nodes[1], &path, 4004).await;
+}

@@ -226,7 +226,13 @@ async fn websocket(shard: Rc<Shard>, stream: Rc<TcpStream>, req: Request, leftov
     }
     let count = &shared.app_connections[app.0 as usize];
     let now_open = count.fetch_add(1, Ordering::Relaxed) + 1;
-    if cfg.max_connections > 0 && now_open > cfg.max_connections {
+    // In a cluster the quota counts every node: the others' connections as of their last
+    // heartbeat (at most a second old), or none for a node dropped after node_timeout.
+    let elsewhere = shared
+        .cluster
+        .as_ref()
+        .map_or(0, |c| c.remote_connections(app) as usize);
+    if cfg.max_connections > 0 && now_open + elsewhere > cfg.max_connections {
         count.fetch_sub(1, Ordering::Relaxed);
         return refuse(
             &stream,
