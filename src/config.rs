@@ -554,6 +554,42 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_section_is_validated() {
+        let mut v = development_value();
+        apply_env(&mut v, "CLUSTER__ADAPTER", "redis").unwrap();
+        apply_env(&mut v, "CLUSTER__URL", "redis://u:p@10.0.0.5:6380/2").unwrap();
+        let cfg: Config = v.clone().try_into().unwrap();
+        assert_eq!(cfg.cluster.adapter, Adapter::Redis);
+        assert_eq!(cfg.cluster.url, "redis://u:p@10.0.0.5:6380/2");
+        assert_eq!(
+            (cfg.cluster.prefix.as_str(), cfg.cluster.node_timeout),
+            ("ringpush", 10)
+        );
+        cfg.validate().unwrap();
+        for (key, value, named) in [
+            ("CLUSTER__URL", "http://x", "cluster.url"),
+            ("CLUSTER__PREFIX", "a b", "cluster.prefix"),
+            ("CLUSTER__PREFIX", "", "cluster.prefix"),
+            ("CLUSTER__NODE_TIMEOUT", "1", "cluster.node_timeout"),
+            ("CLUSTER__NODE_TIMEOUT", "100000", "cluster.node_timeout"),
+        ] {
+            let mut bad = v.clone();
+            apply_env(&mut bad, key, value).unwrap();
+            let cfg: Config = bad.try_into().unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(named), "{key}={value}: {err}");
+        }
+        let err = toml::from_str::<Config>(
+            "[cluster]
+adapter = \"nats\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("adapter"), "{err}");
+        // No section: a single node.
+        assert_eq!(Config::development().cluster.adapter, Adapter::Local);
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = toml::from_str::<Config>("[server]\nprot = 1\n").unwrap_err();
         assert!(err.to_string().contains("prot"), "{err}");

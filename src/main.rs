@@ -74,8 +74,15 @@ fn run() -> Result<()> {
     }
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     if cli.check_config {
+        let cluster = match config.cluster.adapter {
+            ringpush::config::Adapter::Local => "single node".to_string(),
+            ringpush::config::Adapter::Redis => format!(
+                "cluster over Redis (prefix {}, node_timeout {} s)",
+                config.cluster.prefix, config.cluster.node_timeout
+            ),
+        };
         println!(
-            "configuration ok: {}:{}, {} shard(s), {} app(s): {}",
+            "configuration ok: {}:{}, {} shard(s), {cluster}, {} app(s): {}",
             config.server.host,
             config.server.port,
             config.shard_count(),
