@@ -292,7 +292,7 @@ impl Config {
     /// overrides (`RINGPUSH_SERVER__PORT=7000`, `RINGPUSH_APPS__0__SECRET=...`) and flags, then
     /// validates.
     pub fn load(path: Option<&Path>, flags: &Overrides) -> Result<Config> {
-        let mut value: toml::Value = match path {
+        let value: toml::Value = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading config file {}", p.display()))?;
@@ -300,13 +300,27 @@ impl Config {
             }
             None => development_value(),
         };
-        let mut env: Vec<(String, String)> = std::env::vars()
+        let env: Vec<(String, String)> = std::env::vars()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
             .collect();
+        Config::resolve(value, env, flags)
+    }
+
+    /// The part of [`Config::load`] after the file is read: applies the environment overrides
+    /// `env` (variables named `RINGPUSH_...__...`, in any order; others are ignored) and the
+    /// flags to the parsed TOML, then validates.
+    #[doc(hidden)]
+    pub fn resolve(
+        mut value: toml::Value,
+        mut env: Vec<(String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config> {
         env.sort();
         for (k, v) in env {
-            apply_env(&mut value, &k[ENV_PREFIX.len()..], &v)
-                .with_context(|| format!("environment variable {k}"))?;
+            let Some(path) = k.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            apply_env(&mut value, path, &v).with_context(|| format!("environment variable {k}"))?;
         }
         let mut cfg: Config = value
             .try_into()

@@ -3,7 +3,7 @@
 
 mod conn;
 mod effects;
-mod frames;
+pub(crate) mod frames;
 mod inbox;
 mod outbound;
 mod pusher;
