@@ -191,6 +191,9 @@ api = {
 }
 for name, raw in api.items():
     write("api_request", name, raw)
+# Regression: a body that is not UTF-8 inside a lazily parsed value panicked sonic-rs.
+bad = signed_request("POST", "/apps/fuzz-app/events", {}, '{"name":"e","channel":"a","data":{"~":1}}')
+write("api_request", "regress_body_not_utf8", bad.encode().replace(b"~", b"\xeb"))
 
 
 # ---- config_load: TOML, then NUL and environment overrides -------------------------------
@@ -237,6 +240,13 @@ write(
     "config_load",
     "with_env",
     '[[apps]]\nid = "a"\nkey = "k"\nsecret = "s"\n\0SERVER__PORT=7000\nAPPS__0__CLIENT_EVENTS=false\nAPPS__1__ID=b\nAPPS__1__KEY=kb\nAPPS__1__SECRET=sb\nhttps://x.example.com:8443',
+)
+
+# Regression: an override with a huge list index grew the list until memory ran out.
+write(
+    "config_load",
+    "regress_huge_env_index",
+    '[[apps]]\nid = "a"\nkey = "k"\nsecret = "s"\n\0APPS__99999999999__CLIENT_EVENTS=false\n',
 )
 
 

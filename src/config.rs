@@ -507,6 +507,10 @@ fn development_value() -> toml::Value {
     root.into()
 }
 
+/// Bound on a list index in an environment override: no list in the configuration can hold
+/// more (`[[apps]]` has the most, fewer than `u16::MAX`).
+const MAX_ENV_INDEX: usize = u16::MAX as usize;
+
 /// Applies one `SECTION__KEY[__...]` override to the TOML tree. Numbers index arrays; values are
 /// read as TOML literals (numbers, booleans, arrays) and fall back to plain strings.
 fn apply_env(root: &mut toml::Value, path: &str, raw: &str) -> Result<()> {
@@ -522,6 +526,13 @@ fn apply_env(root: &mut toml::Value, path: &str, raw: &str) -> Result<()> {
             let arr = cur
                 .as_array_mut()
                 .with_context(|| format!("{part} indexes something that is not a list"))?;
+            // Missing entries up to the index are added empty, so the index is bounded: a
+            // typo such as APPS__10000000000__ID must be an error, not a list that fills memory.
+            if idx >= MAX_ENV_INDEX {
+                bail!(
+                    "{part} is too large an index (lists hold fewer than {MAX_ENV_INDEX} entries)"
+                );
+            }
             while arr.len() <= idx {
                 arr.push(toml::Value::Table(toml::Table::new()));
             }
@@ -565,6 +576,31 @@ mod tests {
         assert_eq!(cfg.server.port, 7000);
         assert_eq!(cfg.apps[0].secret, "s3cret");
         assert!(!cfg.apps[0].client_events);
+    }
+
+    #[test]
+    fn a_huge_env_index_is_an_error_not_an_allocation() {
+        // Found by fuzz/config_load: the list grew to the index, one empty table at a time,
+        // until memory ran out.
+        let mut v = development_value();
+        let e = apply_env(&mut v, "APPS__10000000000__ID", "x").unwrap_err();
+        assert!(e.to_string().contains("too large an index"), "{e}");
+        let e = apply_env(&mut v, "APPS__0__ALLOWED_ORIGINS__65535", "x").unwrap_err();
+        assert!(e.to_string().contains("too large an index"), "{e}");
+        // Indexes a real list can have still work, gaps filled with empty entries.
+        apply_env(&mut v, "APPS__2__ID", "c").unwrap();
+        let apps = v.get("apps").and_then(|a| a.as_array()).unwrap();
+        assert_eq!(apps.len(), 3);
+        let e = Config::resolve(
+            development_value(),
+            vec![("RINGPUSH_APPS__99999999999__KEY".into(), "k".into())],
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("RINGPUSH_APPS__99999999999__KEY"),
+            "{e:#}"
+        );
     }
 
     #[test]
