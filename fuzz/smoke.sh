@@ -31,7 +31,9 @@ if ! command -v cargo-fuzz >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo
   echo "smoke: installing cargo-fuzz"
   cargo install cargo-fuzz --locked
 fi
-export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
+fi
 
 if rustup run nightly rustc --version >/dev/null 2>&1; then
   FUZZ=(cargo +nightly fuzz)
