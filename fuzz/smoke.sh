@@ -8,8 +8,9 @@
 #
 # Installs cargo-fuzz from crates.io when it is missing. Uses the nightly toolchain when rustup
 # has one; otherwise the default toolchain with RUSTC_BOOTSTRAP=1 (cargo fuzz needs -Z flags,
-# and the stable toolchain ships the AddressSanitizer runtime too). New corpus entries go to
-# fuzz/corpus/<target> and crashes to fuzz/artifacts/<target>, both ignored by git.
+# and the stable toolchain ships the AddressSanitizer runtime too). Builds in FUZZ_TARGET_DIR,
+# else $CARGO_TARGET_DIR/fuzz, else fuzz/target. New corpus entries go to fuzz/corpus/<target>
+# and crashes to fuzz/artifacts/<target>, both ignored by git.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -43,6 +44,10 @@ else
   FUZZ=(cargo fuzz)
 fi
 
+# Where to build: FUZZ_TARGET_DIR, else a fuzz/ folder in CARGO_TARGET_DIR when that is set,
+# else fuzz/target. Passed to cargo fuzz explicitly, so it finds the binaries it built.
+FUZZ_TARGET_DIR="${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR/fuzz}}"
+unset CARGO_TARGET_DIR
 TARGET_DIR_ARGS=()
 if [ -n "${FUZZ_TARGET_DIR:-}" ]; then
   TARGET_DIR_ARGS=(--target-dir "$FUZZ_TARGET_DIR")
