@@ -311,17 +311,22 @@ async fn a_late_joiner_gets_the_cluster_state() {
         .await;
     a.subscribe("counted").await;
     let late = Server::start_with(node_config(&redis, &prefix));
-    wait_peers(&late, 1).await;
-    wait_users(&late, "presence-late", &["7"]).await;
-    let info: Value = poll_until(
+    // Not ready until it holds the other nodes' state; from then on it answers for them.
+    let ready = poll_until(
         || async {
-            late.api()
-                .channel_info("counted", "subscription_count")
-                .await
+            let mut conn = HttpConn::connect(late.addr).await;
+            conn.request("GET", "/ready", b"").await.status
         },
-        |v| v["subscription_count"] == 1,
+        |&s| s == 200,
     )
     .await;
+    assert_eq!(ready, 200);
+    assert_eq!(users_on(&late, "presence-late").await, ["7"]);
+    let info = late
+        .api()
+        .channel_info("counted", "subscription_count")
+        .await;
+    assert_eq!(info["subscription_count"], 1, "{info}");
     assert_eq!(info["occupied"], true, "{info}");
     // And its own subscriber sees the member list with the id's JSON type kept.
     let mut b = late.connect().await;

@@ -148,6 +148,10 @@ impl Sidecar {
         }
         self.local.request_snapshot();
         let beat_ms = (self.timeout_ms / 5).clamp(200, 1000);
+        // Synced once every node heard within two heartbeat periods of the Hello has sent all
+        // of its snapshot pieces (a node that is there answers well within that).
+        let hello_at = started.elapsed().as_millis() as u64;
+        let mut pieces = Pieces::default();
         let mut beat = tokio::time::interval(Duration::from_millis(beat_ms));
         let mut sweep = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -158,7 +162,7 @@ impl Sidecar {
                     };
                     let now = started.elapsed().as_millis() as u64;
                     let payload = Bytes::from(msg.get_payload_bytes().to_vec());
-                    if self.inbound(payload, nodes, now) {
+                    if self.inbound(payload, nodes, now, &mut pieces) {
                         // A node this one did not know (new, or back after being dropped):
                         // everyone, that node included, sends its whole state again.
                         let hello = wire::encode(self.node, &Message::Hello);
@@ -200,6 +204,16 @@ impl Sidecar {
                     let now = started.elapsed().as_millis() as u64;
                     for change in nodes.expire(now) {
                         self.node_change(change, nodes);
+                    }
+                    if !self.stats.synced.load(Ordering::Relaxed)
+                        && now.saturating_sub(hello_at) >= 2 * beat_ms
+                        && nodes.live().iter().all(|n| *n == self.node || pieces.complete(*n))
+                    {
+                        self.stats.synced.store(true, Ordering::Relaxed);
+                        tracing::info!(
+                            peers = nodes.live().len() - 1,
+                            "cluster state received from every node; ready"
+                        );
                     }
                 }
                 done = leave.recv() => {
@@ -308,7 +322,7 @@ impl Sidecar {
     }
 
     /// Handles one broker message; true when it came from a node not known until now.
-    fn inbound(&self, payload: Bytes, nodes: &mut Nodes, now: u64) -> bool {
+    fn inbound(&self, payload: Bytes, nodes: &mut Nodes, now: u64, seen: &mut Pieces) -> bool {
         let (from, msg) = match wire::decode(payload) {
             Ok(m) => m,
             Err(e) => {
@@ -382,6 +396,7 @@ impl Sidecar {
                 if pieces == 0 || piece >= pieces {
                     return joined;
                 }
+                seen.add(from, piece, pieces);
                 let entries: Vec<SnapEntry> = entries
                     .into_iter()
                     .filter_map(|e| from_entry(e, &app))
@@ -428,6 +443,24 @@ impl Sidecar {
         self.stats
             .remote_connections
             .store(total, Ordering::Relaxed);
+    }
+}
+
+/// Which snapshot pieces each node has sent since this node's Hello.
+#[derive(Default)]
+struct Pieces(std::collections::BTreeMap<NodeId, (u16, std::collections::BTreeSet<u16>)>);
+
+impl Pieces {
+    fn add(&mut self, node: NodeId, piece: u16, of: u16) {
+        let e = self.0.entry(node).or_insert((of, Default::default()));
+        e.0 = of;
+        e.1.insert(piece);
+    }
+
+    fn complete(&self, node: NodeId) -> bool {
+        self.0
+            .get(&node)
+            .is_some_and(|(of, got)| got.len() == *of as usize)
     }
 }
 

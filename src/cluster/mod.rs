@@ -115,6 +115,8 @@ pub struct ClusterStats {
     pub nodes_dropped: AtomicU64,
     /// Whether the broker is reachable now.
     pub connected: AtomicBool,
+    /// Whether the first exchange of state with the other nodes is complete.
+    pub synced: AtomicBool,
     /// Other live nodes.
     pub peers: AtomicU64,
     /// Open connections on other nodes, summed over apps.

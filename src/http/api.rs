@@ -21,9 +21,21 @@ use crate::protocol::{encode, json};
 pub async fn handle(svc: &impl Service, req: &Request) -> Response {
     let path = req.path.as_str();
     match (req.method.as_str(), path) {
-        ("GET", "/up") | ("GET", "/") | ("GET", "/ready") => {
+        ("GET", "/up") | ("GET", "/") => {
             if svc.shutting_down() {
                 Response::error(503, "shutting down")
+            } else {
+                Response::json(200, "{\"status\":\"ok\"}")
+            }
+        }
+        ("GET", "/ready") => {
+            if svc.shutting_down() {
+                Response::error(503, "shutting down")
+            } else if !svc.synced() {
+                Response::error(
+                    503,
+                    "joining the cluster: waiting for the other nodes' state",
+                )
             } else {
                 Response::json(200, "{\"status\":\"ok\"}")
             }

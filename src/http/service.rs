@@ -33,6 +33,10 @@ pub trait Service {
     fn app_by_key(&self, key: &str) -> Option<AppIdx>;
     /// Whether a graceful shutdown has started (readiness answers 503).
     fn shutting_down(&self) -> bool;
+    /// Whether this node holds the cluster's state: always on a single node; in a cluster once
+    /// the first exchange of state with the other nodes is complete (and from then on, through
+    /// broker outages too, since the node serves its own clients meanwhile).
+    fn synced(&self) -> bool;
     /// Sends an encoded frame to a channel's subscribers everywhere, except `except`; a cache
     /// channel keeps `cache_data` for late subscribers. False when some shard was too busy to
     /// take it.

@@ -54,6 +54,11 @@ impl Service for Shard {
         self.shared.shutting_down.load(Ordering::Relaxed)
     }
 
+    fn synced(&self) -> bool {
+        let cluster = self.shared.cluster.as_ref();
+        cluster.is_none_or(|c| c.stats.synced.load(Ordering::Relaxed))
+    }
+
     fn publish(
         &self,
         app: AppIdx,
