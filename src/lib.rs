@@ -12,5 +12,6 @@ mod ids;
 mod metrics;
 mod protocol;
 pub mod shard;
+pub mod supervisor;
 mod webhooks;
 mod ws;

@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::Parser;
 use ringpush::config::{Config, Overrides};
 use ringpush::shard::Server;
+use ringpush::supervisor::Supervisor;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 #[global_allocator]
@@ -105,9 +106,18 @@ fn run() -> Result<()> {
         out.flush()?;
     }
     tracing::info!(addr = %server.addr, "accepting connections");
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "shutting down: asking clients to reconnect");
+    let mut supervisor = Supervisor::new();
+    supervisor.ready(server.connections(), server.loop_turns());
+    // Wait for a signal, keeping the service manager informed meanwhile.
+    'wait: loop {
+        if let Some(sig) = signals.pending().next() {
+            tracing::info!(signal = sig, "shutting down: asking clients to reconnect");
+            break 'wait;
+        }
+        std::thread::sleep(supervisor.tick_every());
+        supervisor.tick(server.connections(), server.loop_turns());
     }
+    supervisor.stopping();
     server.shutdown();
     let deliver_by = Instant::now() + grace;
     let deadline = deliver_by + Duration::from_secs(2);

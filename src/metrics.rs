@@ -29,6 +29,9 @@ pub struct ShardMetrics {
     pub accept_errors: AtomicU64,
     /// Webhook events queued.
     pub webhooks_queued: AtomicU64,
+    /// Turns of the shard's timer sweep: it only advances while the shard's event loop runs,
+    /// which is what the systemd watchdog is fed from.
+    pub loop_turns: AtomicU64,
 }
 
 impl ShardMetrics {

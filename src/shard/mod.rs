@@ -228,6 +228,21 @@ impl Server {
         }
     }
 
+    /// How many times each shard's timer sweep has run: a shard whose count stops moving is
+    /// stuck (its event loop is not turning).
+    pub fn loop_turns(&self) -> Vec<u64> {
+        let turns = self.shared.metrics.iter();
+        turns
+            .map(|m| m.loop_turns.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Open WebSocket connections on this node, over all apps.
+    pub fn connections(&self) -> usize {
+        let counts = self.shared.app_connections.iter();
+        counts.map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
     /// Waits for every shard thread to finish, then lets the webhook side-car deliver what is
     /// pending until `deadline`.
     pub fn join(self, deadline: Instant) {

@@ -131,6 +131,8 @@ pub struct Config {
     pub apps: Vec<App>,
     /// A `[cluster]` table's lines (values TOML-encoded), when the server is a cluster node.
     pub cluster: Vec<(String, String)>,
+    /// Extra environment variables for the server process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Config {
@@ -144,6 +146,7 @@ impl Default for Config {
             extra: Vec::new(),
             apps: vec![App::default()],
             cluster: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -242,6 +245,7 @@ impl Server {
         let mut child = Command::new(binary_path())
             .arg("--config")
             .arg(&config_path)
+            .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
