@@ -40,11 +40,13 @@ fn read_until(sock: &UnixDatagram, needle: &str, limit: Duration) -> Vec<String>
 async fn ready_watchdog_and_stopping_reach_the_service_manager() {
     let path = std::env::temp_dir().join(format!("{}.sock", uniq("ringpush-notify-")));
     let sock = UnixDatagram::bind(&path).expect("bind the fake notify socket");
-    let mut config = Config::default();
-    config.env = vec![
-        ("NOTIFY_SOCKET".into(), path.display().to_string()),
-        ("WATCHDOG_USEC".into(), "1000000".into()),
-    ];
+    let config = Config {
+        env: vec![
+            ("NOTIFY_SOCKET".into(), path.display().to_string()),
+            ("WATCHDOG_USEC".into(), "1000000".into()),
+        ],
+        ..Config::default()
+    };
     let mut server = Server::start_with(config);
     let got = read_until(&sock, "READY=1", Duration::from_secs(10));
     let ready = got.iter().find(|m| m.contains("READY=1")).expect("READY=1");
@@ -76,8 +78,10 @@ async fn ready_watchdog_and_stopping_reach_the_service_manager() {
 async fn without_a_watchdog_nothing_pings() {
     let path = std::env::temp_dir().join(format!("{}.sock", uniq("ringpush-notify-")));
     let sock = UnixDatagram::bind(&path).expect("bind the fake notify socket");
-    let mut config = Config::default();
-    config.env = vec![("NOTIFY_SOCKET".into(), path.display().to_string())];
+    let config = Config {
+        env: vec![("NOTIFY_SOCKET".into(), path.display().to_string())],
+        ..Config::default()
+    };
     let _server = Server::start_with(config);
     let got = read_until(&sock, "READY=1", Duration::from_secs(10));
     assert!(got.iter().any(|m| m.contains("READY=1")), "{got:?}");
