@@ -106,18 +106,20 @@ fn run() -> Result<()> {
         out.flush()?;
     }
     tracing::info!(addr = %server.addr, "accepting connections");
+    // The service manager hears from a thread of its own; this one waits for a signal.
+    let probe = server.probe();
     let mut supervisor = Supervisor::new();
-    supervisor.ready(server.connections(), server.loop_turns());
-    // Wait for a signal, keeping the service manager informed meanwhile.
-    'wait: loop {
-        if let Some(sig) = signals.pending().next() {
-            tracing::info!(signal = sig, "shutting down: asking clients to reconnect");
-            break 'wait;
-        }
-        std::thread::sleep(supervisor.tick_every());
-        supervisor.tick(server.connections(), server.loop_turns());
+    supervisor.ready(probe.connections(), probe.loop_turns());
+    std::thread::Builder::new()
+        .name("supervisor".into())
+        .spawn(move || loop {
+            std::thread::sleep(supervisor.tick_every());
+            supervisor.tick(probe.connections(), probe.loop_turns());
+        })?;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutting down: asking clients to reconnect");
     }
-    supervisor.stopping();
+    ringpush::supervisor::stopping();
     server.shutdown();
     let deliver_by = Instant::now() + grace;
     let deadline = deliver_by + Duration::from_secs(2);

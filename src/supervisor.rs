@@ -77,11 +77,11 @@ impl Supervisor {
             }
         }
     }
+}
 
-    /// The graceful drain starts.
-    pub fn stopping(&self) {
-        notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
-    }
+/// The graceful drain starts.
+pub fn stopping() {
+    notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
 }
 
 fn status_line(connections: usize) -> String {

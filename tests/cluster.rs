@@ -278,9 +278,14 @@ async fn a_broker_outage_leaves_nodes_serving_and_state_is_rebuilt() {
     }
 
     redis.stop();
+    let down = Instant::now();
     // Past node_timeout each node has dropped the other's members...
     wait_users(&nodes[0], ch, &["alice"]).await;
     wait_users(&nodes[1], ch, &["bob"]).await;
+    eprintln!(
+        "other node's members dropped {:?} into the outage",
+        down.elapsed()
+    );
     // ...and keeps serving its own clients: connects, subscribes, presence, local fan-out.
     let mut c = nodes[0].connect().await;
     c.subscribe_presence(&app, ch, json!("carol"), json!({}))
@@ -290,11 +295,13 @@ async fn a_broker_outage_leaves_nodes_serving_and_state_is_rebuilt() {
     assert_eq!(c.wait_event("during").await["data"], "local");
 
     redis.restart();
+    let back = Instant::now();
     // Back: the nodes find each other again and rebuild; carol joined during the outage.
     for node in &nodes {
         wait_peers(node, 1).await;
         wait_users(node, ch, &["alice", "bob", "carol"]).await;
     }
+    eprintln!("state rebuilt {:?} after Redis came back", back.elapsed());
     nodes[1].api().trigger(ch, "after", "crossed").await;
     assert_eq!(a.wait_event("after").await["data"], "crossed");
     assert_eq!(b.wait_event("after").await["data"], "crossed");

@@ -129,6 +129,26 @@ pub struct Server {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// Reads a running server's liveness and load (for the service manager).
+pub struct Probe(Arc<Shared>);
+
+impl Probe {
+    /// How many times each shard's timer sweep has run: a shard whose count stops moving is
+    /// stuck (its event loop is not turning).
+    pub fn loop_turns(&self) -> Vec<u64> {
+        let turns = self.0.metrics.iter();
+        turns
+            .map(|m| m.loop_turns.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Open WebSocket connections on this node, over all apps.
+    pub fn connections(&self) -> usize {
+        let counts = self.0.app_connections.iter();
+        counts.map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
 /// Size of the per-shard read buffer.
 const SCRATCH_BYTES: usize = 64 * 1024;
 
@@ -228,19 +248,9 @@ impl Server {
         }
     }
 
-    /// How many times each shard's timer sweep has run: a shard whose count stops moving is
-    /// stuck (its event loop is not turning).
-    pub fn loop_turns(&self) -> Vec<u64> {
-        let turns = self.shared.metrics.iter();
-        turns
-            .map(|m| m.loop_turns.load(Ordering::Relaxed))
-            .collect()
-    }
-
-    /// Open WebSocket connections on this node, over all apps.
-    pub fn connections(&self) -> usize {
-        let counts = self.shared.app_connections.iter();
-        counts.map(|c| c.load(Ordering::Relaxed)).sum()
+    /// A handle that reads the server's liveness and load from another thread.
+    pub fn probe(&self) -> Probe {
+        Probe(self.shared.clone())
     }
 
     /// Waits for every shard thread to finish, then lets the webhook side-car deliver what is
