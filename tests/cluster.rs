@@ -500,3 +500,32 @@ async fn the_connection_quota_counts_every_node() {
     expect_rejected(&nodes[0], &path, 4004).await;
     expect_rejected(&nodes[1], &path, 4004).await;
 }
+
+#[tokio::test]
+async fn the_later_of_two_cache_events_through_different_nodes_stays_cached() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 2).await;
+    for round in 0..10 {
+        let ch = format!("cache-race-{round}");
+        // One event through each node, the second sent after the first was answered; they
+        // may reach a node in either order.
+        nodes[0].api().trigger(&ch, "v", "first").await;
+        nodes[1].api().trigger(&ch, "v", "second").await;
+        for node in &nodes {
+            let got = poll_until(
+                || async {
+                    let mut c = node.connect().await;
+                    c.subscribe(&ch).await;
+                    c.next_frame(WAIT).await
+                },
+                |f| matches!(f, Some(Frame::Event(e)) if e["data"] == "second"),
+            )
+            .await;
+            assert!(
+                matches!(&got, Some(Frame::Event(e)) if e["data"] == "second"),
+                "round {round} on {}: {got:?}",
+                node.addr
+            );
+        }
+    }
+}

@@ -279,12 +279,14 @@ impl Sidecar {
                 frame,
                 except,
                 cache_data,
+                cache_stamp,
             } => Message::Publish {
                 app: id(app),
                 channel: channel.to_string(),
                 frame,
                 except: except.map(|e| e.to_string()),
                 cache_data: cache_data.map(|c| c.to_string()),
+                cache_stamp,
             },
             Outbound::ToUser {
                 app,
@@ -360,11 +362,13 @@ impl Sidecar {
                 frame,
                 except,
                 cache_data,
+                cache_stamp,
             } => {
                 if let Some(a) = app(&a) {
                     let except = except.map(Arc::from);
                     let cache = cache_data.map(Arc::from);
-                    self.local.publish(a, channel.into(), frame, except, cache);
+                    let local = &self.local;
+                    local.publish(a, channel.into(), frame, except, cache, cache_stamp);
                 }
             }
             Message::ToUser {

@@ -17,6 +17,15 @@ use crate::http::service::{CachedEvent, Service};
 use crate::ids::{home_of, AppIdx, ShardId};
 use crate::metrics::{self, Series};
 
+/// Wall-clock microseconds: cache events are ordered by when they were published, across
+/// nodes (a request answered and the next one sent take far longer than a microsecond; clocks
+/// of different hosts must agree to better than the gap between two such events).
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 impl Shard {
     async fn ask<T>(
         &self,
@@ -72,6 +81,7 @@ impl Service for Shard {
             channel: channel.into(),
             frame,
             except,
+            cache_stamp: if cache_data.is_some() { unix_us() } else { 0 },
             cache_data,
             essential: false,
         })

@@ -28,6 +28,8 @@ pub struct CacheEntry {
     pub data: Arc<str>,
     /// Expiry (ms).
     pub expires: u64,
+    /// When it was published (Unix µs), to keep the newest of events arriving out of order.
+    pub stamp: u64,
 }
 
 /// Everything a shard owns.
@@ -134,15 +136,22 @@ impl Shard {
     pub fn deliver(&self, st: &mut State, p: &Publication) {
         ShardMetrics::add(&self.metrics().publications, 1);
         if let Some(data) = &p.cache_data {
+            let now = self.now_ms();
             let ttl = self.shared.app(p.app).cache_ttl * 1000;
-            let expires = self.now_ms() + ttl;
-            let entry = CacheEntry {
-                frame: p.frame.clone(),
-                data: data.clone(),
-                expires,
-            };
-            let key = st.intern(p.app, &p.channel);
-            st.cache[p.app.0 as usize].insert(key, entry);
+            let cache = &st.cache[p.app.0 as usize];
+            let newer_kept = cache
+                .get(&p.channel)
+                .is_some_and(|e| e.expires > now && e.stamp > p.cache_stamp);
+            if !newer_kept {
+                let entry = CacheEntry {
+                    frame: p.frame.clone(),
+                    data: data.clone(),
+                    expires: now + ttl,
+                    stamp: p.cache_stamp,
+                };
+                let key = st.intern(p.app, &p.channel);
+                st.cache[p.app.0 as usize].insert(key, entry);
+            }
         }
         let Some(list) = st.index[p.app.0 as usize].get(&p.channel) else {
             return;
@@ -212,6 +221,7 @@ impl Shard {
                 frame: p.frame.clone(),
                 except: p.except.clone(),
                 cache_data: p.cache_data.clone(),
+                cache_stamp: p.cache_stamp,
             });
         }
         self.publish(p)
