@@ -5,6 +5,8 @@
 //! expiring silent nodes, and retries with backoff; the outage, the reconnect and the resync are
 //! logged once each.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -154,8 +156,20 @@ impl Sidecar {
         let mut pieces = Pieces::default();
         let mut beat = tokio::time::interval(Duration::from_millis(beat_ms));
         let mut sweep = tokio::time::interval(Duration::from_millis(250));
+        // One pipeline of publishes is in flight at a time (so they reach Redis in order) while
+        // the loop keeps reading other nodes' messages: a slow broker link must not make a
+        // busy node miss its peers' heartbeats. Heartbeats and Hellos wait in `control` and
+        // go out first in the next pipeline.
+        let mut inflight: Option<Pin<Box<dyn Future<Output = redis::RedisResult<()>>>>> = None;
+        let mut control: Vec<Bytes> = Vec::new();
         loop {
             tokio::select! {
+                done = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
+                    inflight = None;
+                    if let Err(e) = done {
+                        return End::Lost(e.to_string());
+                    }
+                }
                 msg = stream.next() => {
                     let Some(msg) = msg else {
                         return End::Lost("subscription closed".into());
@@ -165,28 +179,25 @@ impl Sidecar {
                     if self.inbound(payload, nodes, now, &mut pieces) {
                         // A node this one did not know (new, or back after being dropped):
                         // everyone, that node included, sends its whole state again.
-                        let hello = wire::encode(self.node, &Message::Hello);
-                        if let Err(e) = self.publish(&mut conn, vec![hello]).await {
-                            return End::Lost(e.to_string());
-                        }
+                        control.push(wire::encode(self.node, &Message::Hello));
                         self.local.request_snapshot();
                     }
                 }
-                out = rx.recv() => {
+                out = rx.recv(), if inflight.is_none() => {
                     let Some(first) = out else { return End::Left };
-                    let mut batch = Vec::with_capacity(16);
-                    if let Some(b) = self.outbound(first) {
-                        batch.push(b);
-                    }
+                    let mut batch = std::mem::take(&mut control);
+                    batch.extend(self.outbound(first));
                     while batch.len() < BATCH {
                         match rx.try_recv() {
                             Ok(o) => batch.extend(self.outbound(o)),
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = self.publish(&mut conn, batch).await {
-                        return End::Lost(e.to_string());
-                    }
+                    inflight = Some(Box::pin(self.publish_owned(conn.clone(), batch)));
+                }
+                _ = std::future::ready(()), if inflight.is_none() && !control.is_empty() => {
+                    let batch = std::mem::take(&mut control);
+                    inflight = Some(Box::pin(self.publish_owned(conn.clone(), batch)));
                 }
                 _ = beat.tick() => {
                     let connections = self
@@ -195,10 +206,7 @@ impl Sidecar {
                         .into_iter()
                         .map(|(app, n)| (self.local.app_id(app).to_string(), n))
                         .collect();
-                    let hb = wire::encode(self.node, &Message::Heartbeat { connections });
-                    if let Err(e) = self.publish(&mut conn, vec![hb]).await {
-                        return End::Lost(e.to_string());
-                    }
+                    control.push(wire::encode(self.node, &Message::Heartbeat { connections }));
                 }
                 _ = sweep.tick() => {
                     let now = started.elapsed().as_millis() as u64;
@@ -217,6 +225,10 @@ impl Sidecar {
                     }
                 }
                 done = leave.recv() => {
+                    // What is in flight goes first; then the goodbye.
+                    if let Some(f) = inflight.take() {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), f).await;
+                    }
                     let bye = wire::encode(self.node, &Message::Leaving);
                     let _ = tokio::time::timeout(Duration::from_secs(1), self.publish(&mut conn, vec![bye])).await;
                     if let Some(done) = done {
@@ -226,6 +238,15 @@ impl Sidecar {
                 }
             }
         }
+    }
+
+    /// [`Sidecar::publish`] on its own connection handle, for a pipeline kept in flight.
+    async fn publish_owned(
+        &self,
+        mut conn: redis::aio::MultiplexedConnection,
+        batch: Vec<Bytes>,
+    ) -> redis::RedisResult<()> {
+        self.publish(&mut conn, batch).await
     }
 
     async fn publish(
