@@ -130,6 +130,9 @@ describe('user authentication (pusher.signin) and user APIs', () => {
     assert.equal(ch.members.me.id, id);
     assert.equal(ch.members.count, 1);
     assert.deepEqual(ch.members.get(id).info, { name: 'Signed' });
+    // Cluster mode: a join reaches the other nodes' replicas a moment later (eventually
+    // consistent by design); wait until every node lists the member. A no-op on one server.
+    await srv.waitReplicated(h.expectUsers(room, [id]));
     const chO = await h.subscribe(other, room);
     assert.equal(chO.members.count, 2);
     assert.deepEqual(chO.members.get(id).info, { name: 'Signed' });
