@@ -171,6 +171,8 @@ async function startServer(opts = {}) {
     },
     /** On one server every query sees every change at once: nothing to wait for. */
     async waitReplicated() {},
+    /** On one server the test's own ordering (markers) suffices: nothing to wait for. */
+    async waitUntil() {},
   });
 }
 
@@ -236,7 +238,21 @@ async function startClusterHandle(server, apps) {
         }
       }
     },
+    waitUntil: clusterWaitUntil,
   });
+}
+
+/**
+ * Cluster mode only (a no-op on one server): polls `pred()` every 20 ms until it is true, for at
+ * most 5 s, else fails naming `what`. For what is eventually true in a cluster by design, e.g.
+ * an event relayed from another node that a marker from a third node may overtake.
+ */
+async function clusterWaitUntil(pred, what) {
+  const deadline = Date.now() + REPLICATION_TIMEOUT;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error(`timeout after ${REPLICATION_TIMEOUT}ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 /** Adds the client-side helpers (SDK, pusher-js clients) to a server or cluster handle. */
