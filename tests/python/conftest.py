@@ -221,7 +221,7 @@ class Server:
 
     def _stop_cluster(self):
         """SIGTERMs every node (through the launcher); 0 when every node exited 0, else the
-        first other node's code (or -signal, as Popen reports a signal)."""
+        first other node's exit code (or "signal NAME"), so `rc == 0` checks stay as they are."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
