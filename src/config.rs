@@ -79,7 +79,8 @@ pub struct ServerConfig {
     pub shutdown_grace: u64,
     /// Largest WebSocket message accepted from a client, in bytes (else close 1009).
     pub max_message_size: usize,
-    /// Bytes queued towards one connection before it counts as a slow consumer (closed with 4100).
+    /// Bytes queued towards one connection before it counts as a slow consumer (closed with
+    /// 4100), each frame counted with what its queue entry holds besides its bytes.
     pub max_outbound_bytes: usize,
     /// Largest HTTP request body accepted, in bytes (else 413).
     pub max_request_body: usize,
@@ -87,7 +88,8 @@ pub struct ServerConfig {
     pub max_channel_name_length: usize,
     /// Messages waiting in one shard's bus inbox before publishes to it are dropped and counted.
     pub bus_capacity: usize,
-    /// Messages per second one connection may send, sustained (token bucket).
+    /// Messages per second one connection may send, sustained (token bucket); WebSocket pings
+    /// and pongs count as messages.
     pub max_messages_per_second: u32,
     /// Messages one connection may send in a burst above the sustained rate.
     pub max_message_burst: u32,

@@ -293,6 +293,7 @@ fn register(shard: &Rc<Shard>, stream: Rc<TcpStream>, app: AppIdx) -> crate::ids
         auth_deadline,
         rate: RateWindow::default(),
         tokens: TokenBucket::full(shard.shared.config.server.max_message_burst, now),
+        control_refused: RateWindow::default(),
         partial: Vec::new(),
         fragments: None,
     });
