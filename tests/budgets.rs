@@ -1,12 +1,19 @@
-//! Every byte a stranger can make the server hold is budgeted. Control frames: a ping asks
-//! for a pong. A client that pings and never reads used to get a queued pong per ping, each
-//! counted as 2 bytes against `max_outbound_bytes` while its queue entry held far more: RSS grew
-//! by hundreds of megabytes before the 4100 close. Control frames now draw from the message
-//! budget (over it: unanswered, then closed with 4301), a queued frame is charged its overhead as
-//! well as its bytes, and a pong waiting unsent is replaced by the next one.
+//! Every byte a stranger can make the server hold is budgeted. Two ways to make it hold bytes
+//! without being anyone:
 //!
-//! The memory test measures the server's resident set (`VmRSS`, and its peak `VmHWM` after
-//! resetting it) and holds it to a bound derived from the configured budget, never to timings.
+//! - **Control frames.** A ping asks for a pong. A client that pings and never reads used to get
+//!   a queued pong per ping, each counted as 2 bytes against `max_outbound_bytes` while its
+//!   queue entry held far more: RSS grew by hundreds of megabytes before the 4100 close. Control
+//!   frames now draw from the message budget (over it: unanswered, then closed with 4301), a
+//!   queued frame is charged its overhead as well as its bytes, and a pong waiting unsent is
+//!   replaced by the next one.
+//! - **Request bodies.** Nothing is authenticated before the body is in, so announcing a big
+//!   Content-Length and sending part of it made the server hold the part for
+//!   `handshake_timeout`. Bodies the server waits for now reserve their announced length in a
+//!   per-shard budget (`max_pending_body_bytes`), and a request that does not fit gets 503.
+//!
+//! The memory tests measure the server's resident set (`VmRSS`, and its peak `VmHWM` after
+//! resetting it) and hold it to a bound derived from the configured budgets, never to timings.
 
 mod common;
 
@@ -236,4 +243,210 @@ async fn pongs_waiting_unsent_are_replaced_by_the_latest() {
     let f = ws.read_frame(WAIT).await.expect("pong");
     assert_eq!((f.opcode, f.payload.as_slice()), (10, &b"next"[..]));
     ws.ping_pong().await;
+}
+
+/// An unsigned request head for `POST /apps/app-id/events` announcing `len` body bytes.
+fn announce(len: u64) -> Vec<u8> {
+    format!(
+        "POST /apps/app-id/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {len}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A signed trigger on `channel` whose head and body arrive 200 ms apart, so that the server
+/// reads the head alone and has to wait for the body.
+async fn split_trigger(server: &Server, channel: &str) -> HttpResponse {
+    let api = server.api();
+    let body = json!({"name": "split", "channel": channel, "data": "{}"}).to_string();
+    let path = api.path("/events");
+    let target = api.signed_target("POST", &path, &[], body.as_bytes(), &SignOpts::default());
+    let head = format!(
+        "POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut conn = HttpConn::connect(server.addr).await;
+    assert!(conn.write(head.as_bytes()).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = conn.write(body.as_bytes()).await; // refused already, maybe
+    conn.read_response().await
+}
+
+/// The gauge of reserved body bytes, once it reads `want` (or the last value after 10 s).
+async fn pending_bodies(server: &Server, want: u64) -> u64 {
+    poll_until(
+        || async { server.metric("ringpush_pending_body_bytes").await },
+        |v| *v == Some(want),
+    )
+    .await
+    .expect("ringpush_pending_body_bytes in /metrics")
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_fit_gets_503_and_reservations_come_back() {
+    let mut config = Config::default().with("max_pending_body_bytes", 3 * MIB);
+    config.workers = 1; // one shard, one budget: every figure is exact
+    let server = Server::start_with(config);
+    let ch = uniq("bodies");
+    let mut watcher = server.connect().await;
+    watcher.subscribe(&ch).await;
+
+    // Three strangers announce 1 MiB each and send a little: the budget is full.
+    let mut held = Vec::new();
+    for k in 1..=3 {
+        let mut c = HttpConn::connect(server.addr).await;
+        let mut bytes = announce(MIB);
+        bytes.extend(vec![b' '; 1000]);
+        assert!(c.write(&bytes).await);
+        assert_eq!(pending_bodies(&server, k * MIB).await, k * MIB);
+        held.push(c);
+    }
+
+    // A fourth does not fit: 503 with a JSON error, and the connection closes.
+    let mut c = HttpConn::connect(server.addr).await;
+    let r = c.send_raw(&announce(MIB)).await;
+    r.assert_error(503);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.closed_within(WAIT).await, "the refused connection closes");
+    assert_eq!(
+        server.metric("ringpush_bodies_refused_total").await,
+        Some(1)
+    );
+
+    // A signed trigger that arrives whole is never waited for and is served; one whose body
+    // the server has to wait for needs room in the budget like any other.
+    server.api().trigger(&ch, "whole", "{}").await;
+    watcher.expect_event("whole").await;
+    split_trigger(&server, &ch).await.assert_error(503);
+    assert_eq!(
+        server.metric("ringpush_bodies_refused_total").await,
+        Some(2)
+    );
+
+    // A connection that goes gives its reservation back...
+    drop(held.remove(0));
+    assert_eq!(pending_bodies(&server, 2 * MIB).await, 2 * MIB);
+    let r = split_trigger(&server, &ch).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    watcher.expect_event("split").await;
+    assert_eq!(pending_bodies(&server, 2 * MIB).await, 2 * MIB);
+
+    // ... and so does a body read to its end and handled (unsigned: 401).
+    let c = &mut held[0];
+    assert!(c.write(&vec![b' '; (MIB - 1000) as usize]).await);
+    let r = c.read_response().await;
+    r.assert_error(401);
+    assert_eq!(pending_bodies(&server, MIB).await, MIB);
+    drop(held);
+    assert_eq!(pending_bodies(&server, 0).await, 0);
+    watcher.assert_alive().await;
+}
+
+/// What became of one stranger's request.
+enum Outcome {
+    /// Answered 503 and closed.
+    Refused,
+    /// No answer: the server is waiting for the rest of the body.
+    Waiting(HttpConn),
+}
+
+#[tokio::test]
+async fn many_announced_bodies_stay_within_the_shard_budgets() {
+    // The defaults: 1 MiB bodies at most, 32 MiB of them waited for per shard.
+    let server = Server::start();
+    let per_shard = 32 * MIB;
+    let budget = per_shard * server.workers() as u64;
+    let (strangers, announced, sent) = (300u64, MIB, 3 * MIB / 4);
+    let ch = uniq("busy");
+    let mut watchers = watchers(&server, &ch).await;
+
+    let (rss_before, _) = server.memory_kib();
+    server.reset_peak_rss();
+
+    // Each stranger announces 1 MiB and sends 64 KiB of it; one that gets no answer goes on
+    // to send three quarters in all, and then stalls.
+    let tasks: Vec<_> = (0..strangers)
+        .map(|_| {
+            let addr = server.addr;
+            tokio::spawn(async move {
+                let mut c = HttpConn::connect(addr).await;
+                let mut first = announce(announced);
+                first.extend(vec![b' '; 64 * KIB as usize]);
+                assert!(c.write(&first).await, "write the head");
+                let answer = tokio::time::timeout(Duration::from_secs(3), c.read_response());
+                match answer.await {
+                    Ok(r) => {
+                        r.assert_error(503);
+                        assert!(c.closed_within(WAIT).await, "the refused connection closes");
+                        Outcome::Refused
+                    }
+                    Err(_) => {
+                        let rest = vec![b' '; (sent - 64 * KIB) as usize];
+                        assert!(c.write(&rest).await, "write more of the body");
+                        Outcome::Waiting(c)
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Meanwhile signed triggers are served and subscribers on every shard get them.
+    let mut n = 0;
+    while !tasks.iter().all(|t| t.is_finished()) {
+        publish_reaches(&server, &mut watchers, &ch, n).await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut waiting = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.expect("stranger task") {
+            Outcome::Refused => refused += 1,
+            Outcome::Waiting(c) => waiting.push(c),
+        }
+    }
+    publish_reaches(&server, &mut watchers, &ch, n).await;
+    let pending = server.metric("ringpush_pending_body_bytes").await;
+
+    let (rss_end, peak) = server.memory_kib();
+    let growth = peak.saturating_sub(rss_before) * KIB;
+    // A reserved body's buffer is allocated whole when its head is read, and the allocator
+    // rounds it up to its size class (mimalloc's are at most an eighth apart); each connection
+    // also costs something of its own (about 11 KiB measured for a waiting HTTP connection).
+    let bound = budget + budget / 8 + strangers * 16 * KIB + SLACK;
+    eprintln!(
+        "bodies: {strangers} strangers announcing {} KiB and sending {} KiB; {refused} got \
+         503, {} waited for ({pending:?} bytes reserved); RSS before {rss_before} KiB, peak \
+         {peak} KiB, end {rss_end} KiB; growth {} KiB, bound {} KiB",
+        announced / KIB,
+        sent / KIB,
+        waiting.len(),
+        growth / KIB,
+        bound / KIB
+    );
+    let fit = budget / announced; // whole bodies the shards' budgets hold
+    assert!(
+        waiting.len() as u64 <= fit,
+        "at most {fit} bodies waited for, got {}",
+        waiting.len()
+    );
+    assert!(refused >= strangers - fit, "{refused} refused");
+    assert_eq!(pending, Some(waiting.len() as u64 * announced));
+    assert!(
+        growth <= bound,
+        "peak RSS grew by {} KiB, more than the body budgets allow ({} KiB)",
+        growth / KIB,
+        bound / KIB
+    );
+
+    // When the strangers go, their reservations come back, and a body that has to be waited
+    // for fits again.
+    drop(waiting);
+    assert_eq!(pending_bodies(&server, 0).await, 0);
+    let r = split_trigger(&server, &ch).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for w in &mut watchers {
+        w.expect_event("split").await;
+    }
 }
