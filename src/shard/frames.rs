@@ -9,6 +9,7 @@ use super::state::{flush_dirty, State};
 use super::{pusher, Shard};
 use crate::ids::ConnKey;
 use crate::metrics::ShardMetrics;
+use crate::protocol::codes;
 use crate::ws::codec::{self, close, Header, OpCode};
 
 /// Reads everything available on a readable connection. Returns false at end-of-file.
@@ -103,11 +104,7 @@ fn on_frame(shard: &Shard, st: &mut State, key: ConnKey, h: Header, payload: &mu
         return false;
     };
     match h.opcode {
-        OpCode::Ping => {
-            shard.send_to(st, key, codec::encode(OpCode::Pong, payload));
-            true
-        }
-        OpCode::Pong => true,
+        OpCode::Ping | OpCode::Pong => control(shard, st, key, h.opcode, payload),
         OpCode::Close => {
             // RFC 6455 5.5.1 / 7.4: no body, or a valid code and a UTF-8 reason.
             let code = match payload {
@@ -172,6 +169,36 @@ fn on_frame(shard: &Shard, st: &mut State, key: ConnKey, h: Header, payload: &mu
             }
         }
     }
+}
+
+/// A ping or a pong. Control frames draw from the connection's message budget (the token
+/// bucket of `max_messages_per_second` and `max_message_burst`) like text messages, so a flood
+/// of them costs a bounded amount of work and output. A ping within the budget is answered; its
+/// pong replaces one still waiting unsent, so a client that pings and never reads holds one
+/// queued pong. A control frame over the budget gets no answer (a `pusher:error` for each, as
+/// a refused text message gets, would be the very output a flood wants); a connection that
+/// keeps sending them, more refused in one second than `max_messages_per_second`, is closed with
+/// `pusher:error` and close code 4301. Returns false when the connection is now closing.
+fn control(shard: &Shard, st: &mut State, key: ConnKey, opcode: OpCode, payload: &[u8]) -> bool {
+    let cfg = &shard.shared.config.server;
+    let (rate, burst) = (cfg.max_messages_per_second, cfg.max_message_burst);
+    let now = shard.now_ms();
+    let Some(conn) = st.conns.get_mut(key) else {
+        return false;
+    };
+    if conn.tokens.take(now, rate, burst) {
+        if opcode == OpCode::Ping {
+            shard.send_pong(st, key, codec::encode(OpCode::Pong, payload));
+        }
+        return true;
+    }
+    if conn.control_refused.admit(now, rate) {
+        return true; // over the budget: dropped unanswered
+    }
+    let reason = "Too many control frames: slow down";
+    let code = codes::CLIENT_EVENT_REJECTED;
+    shard.close(st, key, code, reason, Notice::WithPusherError);
+    false
 }
 
 fn text(shard: &Shard, st: &mut State, key: ConnKey, payload: &[u8]) -> bool {

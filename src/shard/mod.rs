@@ -1,6 +1,7 @@
 //! Thread-per-core shards: each pinned thread runs its own monoio runtime, its own SO_REUSEPORT
 //! listener, its connections and its slice of home-shard facts.
 
+mod bodies;
 mod conn;
 mod effects;
 mod frames;
@@ -87,6 +88,8 @@ pub(crate) struct Shard {
     pub state: RefCell<State>,
     /// Read buffer shared by every connection of the shard.
     pub scratch: RefCell<Vec<u8>>,
+    /// Bytes reserved by HTTP request bodies being received (`max_pending_body_bytes`).
+    pub bodies: bodies::BodyBudget,
 }
 
 impl Shard {
@@ -310,6 +313,7 @@ fn run_shard(
         })
         .collect();
     let in_cluster = shared.cluster.is_some();
+    let max_pending_body_bytes = shared.config.server.max_pending_body_bytes;
     let first_nodes = Arc::new(if in_cluster {
         vec![shared.node]
     } else {
@@ -328,6 +332,7 @@ fn run_shard(
             shared,
             state: RefCell::new(State::new(rules, in_cluster, first_nodes)),
             scratch: RefCell::new(vec![0u8; SCRATCH_BYTES]),
+            bodies: bodies::BodyBudget::new(max_pending_body_bytes),
         });
         let _ = ready.send(Ok(()));
         monoio::spawn(inbox::run(shard.clone()));

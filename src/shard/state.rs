@@ -92,11 +92,26 @@ impl State {
 impl Shard {
     /// Queues a frame to one connection; a slow consumer is closed with 4100.
     pub fn send_to(&self, st: &mut State, key: ConnKey, frame: Bytes) {
+        self.send_frame(st, key, frame, false);
+    }
+
+    /// Queues a pong to one connection, in the place of a pong still waiting unsent if there is
+    /// one; a slow consumer is closed with 4100.
+    pub fn send_pong(&self, st: &mut State, key: ConnKey, frame: Bytes) {
+        self.send_frame(st, key, frame, true);
+    }
+
+    fn send_frame(&self, st: &mut State, key: ConnKey, frame: Bytes, pong: bool) {
         let limit = self.shared.config.server.max_outbound_bytes;
         let Some(conn) = st.conns.get_mut(key) else {
             return;
         };
-        match enqueue(conn, frame, limit) {
+        let first = if pong {
+            conn.queue_pong(frame, limit)
+        } else {
+            conn.queue(frame, limit)
+        };
+        match retry_after_flush(conn, first, limit) {
             Queued::NewlyDirty => st.dirty.push(key),
             Queued::Added | Queued::Closing => {}
             Queued::Overflow => self.close_slow(st, key),
@@ -240,13 +255,19 @@ impl Shard {
 /// when the connection asks for it, what is queued is sent now and the frame tried once more, so
 /// a burst queued within one batch reaches the socket before the connection is judged slow.
 fn enqueue(conn: &mut Conn, frame: Bytes, limit: usize) -> Queued {
-    match conn.queue(frame, limit) {
+    let first = conn.queue(frame, limit);
+    retry_after_flush(conn, first, limit)
+}
+
+/// The second half of [`enqueue`]: a frame that asked for a flush is tried again after it.
+fn retry_after_flush(conn: &mut Conn, first: Result<Queued, NeedsFlush>, limit: usize) -> Queued {
+    match first {
         Ok(queued) => queued,
-        Err(NeedsFlush(frame)) => {
+        Err(retry) => {
             // Only the room made counts here. A connection with output and no writer task is on
             // the dirty list, so flush_dirty meets a blocked or failed socket again.
             let _ = sock::flush(conn.fd, &mut conn.out.queue);
-            conn.queue_after_flush(frame, limit)
+            conn.queue_after_flush(retry, limit)
         }
     }
 }
