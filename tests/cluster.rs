@@ -13,6 +13,10 @@ use serde_json::{json, Value};
 /// Seconds of silence before a node is dropped, in these tests.
 const NODE_TIMEOUT: u64 = 2;
 
+/// One cluster at a time: each test runs up to three nodes and a Redis, and ten of them at
+/// once on a small machine could starve heartbeats past the short timeout used here.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn node_config(redis: &Redis, prefix: &str) -> Config {
     Config::with_app(
         App::default()
@@ -76,6 +80,7 @@ async fn wait_users(node: &Server, channel: &str, want: &[&str]) {
 
 #[tokio::test]
 async fn events_from_any_node_reach_subscribers_on_every_node_in_order() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
     let nodes = cluster(&redis, 3).await;
     let mut subs = Vec::new();
@@ -118,6 +123,7 @@ async fn events_from_any_node_reach_subscribers_on_every_node_in_order() {
 
 #[tokio::test]
 async fn presence_is_one_member_list_across_nodes() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
     let nodes = cluster(&redis, 3).await;
     let app = nodes[0].app();
@@ -170,6 +176,7 @@ async fn presence_is_one_member_list_across_nodes() {
 
 #[tokio::test]
 async fn client_events_server_to_user_and_terminate_cross_nodes() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
     let nodes = cluster(&redis, 2).await;
     let app = nodes[0].app();
@@ -211,6 +218,7 @@ async fn client_events_server_to_user_and_terminate_cross_nodes() {
 
 #[tokio::test]
 async fn a_killed_node_is_dropped_within_the_timeout_and_a_stopped_one_at_once() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
     let mut nodes = cluster(&redis, 3).await;
     let app = nodes[0].app();
@@ -263,6 +271,7 @@ async fn a_killed_node_is_dropped_within_the_timeout_and_a_stopped_one_at_once()
 
 #[tokio::test]
 async fn a_broker_outage_leaves_nodes_serving_and_state_is_rebuilt() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let mut redis = Redis::start();
     let nodes = cluster(&redis, 2).await;
     let app = nodes[0].app();
@@ -309,6 +318,7 @@ async fn a_broker_outage_leaves_nodes_serving_and_state_is_rebuilt() {
 
 #[tokio::test]
 async fn a_late_joiner_gets_the_cluster_state() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
     let prefix = uniq("rp");
     let first = Server::start_with(node_config(&redis, &prefix));
@@ -346,6 +356,7 @@ async fn a_late_joiner_gets_the_cluster_state() {
 
 #[tokio::test]
 async fn webhooks_fire_once_per_cluster() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
     let mut recv = WebhookReceiver::start().await;
     let prefix = uniq("rp");
@@ -411,6 +422,7 @@ async fn webhooks_fire_once_per_cluster() {
 
 #[tokio::test]
 async fn cache_channels_and_watchlists_span_nodes() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
     let prefix = uniq("rp");
     let app = App::default().with("watchlist_events", true);
@@ -470,6 +482,7 @@ async fn cache_channels_and_watchlists_span_nodes() {
 
 #[tokio::test]
 async fn the_connection_quota_counts_every_node() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
     let prefix = uniq("rp");
     let app = App::default().with("max_connections", 2);
@@ -503,6 +516,7 @@ async fn the_connection_quota_counts_every_node() {
 
 #[tokio::test]
 async fn the_later_of_two_cache_events_through_different_nodes_stays_cached() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
     let nodes = cluster(&redis, 2).await;
     for round in 0..10 {
