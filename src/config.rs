@@ -65,6 +65,11 @@ pub struct ServerConfig {
     pub host: String,
     /// Port to listen on; 0 picks a free one (printed at start-up).
     pub port: u16,
+    /// A separate plain listener for `/metrics`, `/up` and `/ready` (0: none; `/metrics` is
+    /// then served on the main port, as are `/up` and `/ready` always).
+    pub metrics_port: u16,
+    /// Address of the metrics listener.
+    pub metrics_host: String,
     /// Number of shards; 0 means one per core.
     pub workers: usize,
     /// Seconds of client silence before the server pings; also sent in `connection_established`.
@@ -111,6 +116,8 @@ impl Default for ServerConfig {
         ServerConfig {
             host: "127.0.0.1".into(),
             port: 6001,
+            metrics_port: 0,
+            metrics_host: "127.0.0.1".into(),
             workers: 0,
             activity_timeout: 120,
             pong_timeout: 30,
@@ -357,6 +364,12 @@ impl Config {
         }
         if s.webhook_queue == 0 || s.webhook_concurrency == 0 || s.webhook_timeout == 0 {
             bail!("server.webhook_queue, webhook_concurrency and webhook_timeout must be greater than 0");
+        }
+        if s.metrics_host.parse::<std::net::IpAddr>().is_err() {
+            bail!(
+                "server.metrics_host must be an IP address, got {:?}",
+                s.metrics_host
+            );
         }
         if s.host.parse::<std::net::IpAddr>().is_err() {
             bail!("server.host must be an IP address, got {:?}", s.host);

@@ -103,6 +103,9 @@ fn run() -> Result<()> {
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "ringpush listening on {}", server.addr)?;
+        if let Some(m) = server.metrics_addr {
+            writeln!(out, "ringpush metrics on {m}")?;
+        }
         out.flush()?;
     }
     tracing::info!(addr = %server.addr, "accepting connections");

@@ -6,6 +6,7 @@ mod conn;
 mod effects;
 mod frames;
 mod inbox;
+mod metrics_port;
 mod outbound;
 mod pusher;
 mod rate;
@@ -128,6 +129,8 @@ const SHARD_STACK: usize = 8 << 20;
 pub struct Server {
     /// The address every shard listens on.
     pub addr: SocketAddr,
+    /// The metrics listener's address, when `server.metrics_port` is set.
+    pub metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -185,6 +188,7 @@ impl Server {
             config,
         });
         let _ = cell.set(shared.clone());
+        let metrics_addr = metrics_port::start(&shared)?;
         tracing::info!(
             shards,
             driver = if uring { "io_uring" } else { "epoll (legacy)" },
@@ -232,6 +236,7 @@ impl Server {
         }
         Ok(Server {
             addr,
+            metrics_addr,
             shared,
             threads,
         })
