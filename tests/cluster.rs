@@ -28,9 +28,20 @@ fn node_config(redis: &Redis, prefix: &str) -> Config {
 
 /// Starts `n` nodes and waits until each has heard all the others.
 async fn cluster(redis: &Redis, n: usize) -> Vec<Server> {
+    let app = App::default()
+        .with("client_events", true)
+        .with("subscription_count", true);
+    cluster_of(redis, n, &app).await
+}
+
+/// Starts `n` nodes serving `app` and waits until each has heard all the others.
+async fn cluster_of(redis: &Redis, n: usize, app: &App) -> Vec<Server> {
     let prefix = uniq("rp");
     let nodes: Vec<Server> = (0..n)
-        .map(|_| Server::start_with(node_config(redis, &prefix)))
+        .map(|_| {
+            let config = Config::with_app(app.clone());
+            Server::start_with(config.clustered(redis.port, &prefix, NODE_TIMEOUT))
+        })
         .collect();
     for node in &nodes {
         wait_peers(node, n as u64 - 1).await;
@@ -359,23 +370,11 @@ async fn webhooks_fire_once_per_cluster() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
     let mut recv = WebhookReceiver::start().await;
-    let prefix = uniq("rp");
     let app = App::default().with("webhook_delay", 0).webhook(&format!(
         "url = {}",
         serde_json::to_string(&recv.url()).unwrap()
     ));
-    let nodes: Vec<Server> = (0..3)
-        .map(|_| {
-            Server::start_with(Config::with_app(app.clone()).clustered(
-                redis.port,
-                &prefix,
-                NODE_TIMEOUT,
-            ))
-        })
-        .collect();
-    for node in &nodes {
-        wait_peers(node, 2).await;
-    }
+    let nodes = cluster_of(&redis, 3, &app).await;
     // Subscribers of one presence channel on every node, several with the same user.
     let ch = "presence-hooks";
     let mut clients = Vec::new();
@@ -424,20 +423,8 @@ async fn webhooks_fire_once_per_cluster() {
 async fn cache_channels_and_watchlists_span_nodes() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
-    let prefix = uniq("rp");
     let app = App::default().with("watchlist_events", true);
-    let nodes: Vec<Server> = (0..2)
-        .map(|_| {
-            Server::start_with(Config::with_app(app.clone()).clustered(
-                redis.port,
-                &prefix,
-                NODE_TIMEOUT,
-            ))
-        })
-        .collect();
-    for node in &nodes {
-        wait_peers(node, 1).await;
-    }
+    let nodes = cluster_of(&redis, 2, &app).await;
     // An event published through node 0 is the cache for a subscriber on node 1.
     let mut first = nodes[0].connect().await;
     first.subscribe("cache-prices").await;
@@ -484,20 +471,8 @@ async fn cache_channels_and_watchlists_span_nodes() {
 async fn the_connection_quota_counts_every_node() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
-    let prefix = uniq("rp");
     let app = App::default().with("max_connections", 2);
-    let nodes: Vec<Server> = (0..2)
-        .map(|_| {
-            Server::start_with(Config::with_app(app.clone()).clustered(
-                redis.port,
-                &prefix,
-                NODE_TIMEOUT,
-            ))
-        })
-        .collect();
-    for node in &nodes {
-        wait_peers(node, 1).await;
-    }
+    let nodes = cluster_of(&redis, 2, &app).await;
     let _a = nodes[0].connect().await;
     let _b = nodes[1].connect().await;
     // Each node learns the other's count from its next heartbeat.

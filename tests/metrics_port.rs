@@ -31,8 +31,16 @@ async fn metrics_move_to_their_own_listener() {
         r.text()
     );
     for path in ["/up", "/ready"] {
-        assert_eq!(get(metrics, path).await.status, 200, "{path} on the metrics port");
-        assert_eq!(get(server.addr, path).await.status, 200, "{path} on the main port");
+        assert_eq!(
+            get(metrics, path).await.status,
+            200,
+            "{path} on the metrics port"
+        );
+        assert_eq!(
+            get(server.addr, path).await.status,
+            200,
+            "{path} on the main port"
+        );
     }
     assert_eq!(get(server.addr, "/metrics").await.status, 404);
     assert_eq!(get(metrics, "/apps/app-id/channels").await.status, 404);
