@@ -306,7 +306,7 @@ impl Config {
     /// overrides (`RINGPUSH_SERVER__PORT=7000`, `RINGPUSH_APPS__0__SECRET=...`) and flags, then
     /// validates.
     pub fn load(path: Option<&Path>, flags: &Overrides) -> Result<Config> {
-        let mut value: toml::Value = match path {
+        let value: toml::Value = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading config file {}", p.display()))?;
@@ -314,13 +314,27 @@ impl Config {
             }
             None => development_value(),
         };
-        let mut env: Vec<(String, String)> = std::env::vars()
+        let env: Vec<(String, String)> = std::env::vars()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
             .collect();
+        Config::resolve(value, env, flags)
+    }
+
+    /// The part of [`Config::load`] after the file is read: applies the environment overrides
+    /// `env` (variables named `RINGPUSH_...__...`, in any order; others are ignored) and the
+    /// flags to the parsed TOML, then validates.
+    #[doc(hidden)]
+    pub fn resolve(
+        mut value: toml::Value,
+        mut env: Vec<(String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config> {
         env.sort();
         for (k, v) in env {
-            apply_env(&mut value, &k[ENV_PREFIX.len()..], &v)
-                .with_context(|| format!("environment variable {k}"))?;
+            let Some(path) = k.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            apply_env(&mut value, path, &v).with_context(|| format!("environment variable {k}"))?;
         }
         let mut cfg: Config = value
             .try_into()
@@ -528,6 +542,10 @@ fn development_value() -> toml::Value {
     root.into()
 }
 
+/// Bound on a list index in an environment override: no list in the configuration can hold
+/// more (`[[apps]]` has the most, fewer than `u16::MAX`).
+const MAX_ENV_INDEX: usize = u16::MAX as usize;
+
 /// Applies one `SECTION__KEY[__...]` override to the TOML tree. Numbers index arrays; values are
 /// read as TOML literals (numbers, booleans, arrays) and fall back to plain strings.
 fn apply_env(root: &mut toml::Value, path: &str, raw: &str) -> Result<()> {
@@ -543,6 +561,13 @@ fn apply_env(root: &mut toml::Value, path: &str, raw: &str) -> Result<()> {
             let arr = cur
                 .as_array_mut()
                 .with_context(|| format!("{part} indexes something that is not a list"))?;
+            // Missing entries up to the index are added empty, so the index is bounded: a
+            // typo such as APPS__10000000000__ID must be an error, not a list that fills memory.
+            if idx >= MAX_ENV_INDEX {
+                bail!(
+                    "{part} is too large an index (lists hold fewer than {MAX_ENV_INDEX} entries)"
+                );
+            }
             while arr.len() <= idx {
                 arr.push(toml::Value::Table(toml::Table::new()));
             }
@@ -586,6 +611,31 @@ mod tests {
         assert_eq!(cfg.server.port, 7000);
         assert_eq!(cfg.apps[0].secret, "s3cret");
         assert!(!cfg.apps[0].client_events);
+    }
+
+    #[test]
+    fn a_huge_env_index_is_an_error_not_an_allocation() {
+        // Found by fuzz/config_load: the list grew to the index, one empty table at a time,
+        // until memory ran out.
+        let mut v = development_value();
+        let e = apply_env(&mut v, "APPS__10000000000__ID", "x").unwrap_err();
+        assert!(e.to_string().contains("too large an index"), "{e}");
+        let e = apply_env(&mut v, "APPS__0__ALLOWED_ORIGINS__65535", "x").unwrap_err();
+        assert!(e.to_string().contains("too large an index"), "{e}");
+        // Indexes a real list can have still work, gaps filled with empty entries.
+        apply_env(&mut v, "APPS__2__ID", "c").unwrap();
+        let apps = v.get("apps").and_then(|a| a.as_array()).unwrap();
+        assert_eq!(apps.len(), 3);
+        let e = Config::resolve(
+            development_value(),
+            vec![("RINGPUSH_APPS__99999999999__KEY".into(), "k".into())],
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("RINGPUSH_APPS__99999999999__KEY"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -421,3 +421,21 @@ async fn oversized_body_still_gets_its_413() {
     let text = String::from_utf8_lossy(&resp);
     assert!(text.starts_with("HTTP/1.1 413"), "{text:?}");
 }
+
+#[tokio::test]
+async fn a_signed_body_that_is_not_utf8_is_a_400_and_the_server_lives() {
+    // Found by fuzz/api_request: invalid UTF-8 inside the event's data panicked the JSON
+    // parser, and the panic hook ends the process.
+    let server = Server::start();
+    let api = server.api();
+    for body in [
+        &b"{\"name\":\"e\",\"channel\":\"c\",\"data\":{\"\xeb\":1}}"[..],
+        b"{\"batch\":[{\"name\":\"e\",\"channel\":\"c\",\"data\":\"\xff\"}]}",
+    ] {
+        for path in ["/events", "/batch_events"] {
+            let r = api.request("POST", &api.path(path), &[], body).await;
+            r.assert_error(400);
+        }
+    }
+    api.trigger("c", "e", "still here").await;
+}

@@ -18,11 +18,18 @@ pub const MAX_ENTRIES: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// One more non-presence subscription.
-    Subscribed { channel: String },
+    Subscribed {
+        /// The channel.
+        channel: String,
+    },
     /// One fewer non-presence subscription.
-    Unsubscribed { channel: String },
+    Unsubscribed {
+        /// The channel.
+        channel: String,
+    },
     /// One more presence connection of a member.
     Joined {
+        /// The channel name.
         channel: String,
         /// The member's hash key.
         key: String,
@@ -33,14 +40,21 @@ pub enum Change {
     },
     /// One fewer presence connection of a member.
     Left {
+        /// The channel name.
         channel: String,
         /// The member's hash key.
         key: String,
     },
     /// One more signed-in connection of a user.
-    SignedIn { user: String },
+    SignedIn {
+        /// The user id.
+        user: String,
+    },
     /// One fewer signed-in connection of a user.
-    SignedOut { user: String },
+    SignedOut {
+        /// The user id.
+        user: String,
+    },
 }
 
 /// One entry of a node's state: a channel's subscription count or a member's connections, or a
@@ -51,6 +65,7 @@ pub enum Entry {
     Subs {
         /// App id.
         app: String,
+        /// The channel name.
         channel: String,
         /// How many.
         count: u32,
@@ -59,6 +74,7 @@ pub enum Entry {
     Member {
         /// App id.
         app: String,
+        /// The channel name.
         channel: String,
         /// Hash key.
         key: String,
@@ -73,6 +89,7 @@ pub enum Entry {
     User {
         /// App id.
         app: String,
+        /// The user id.
         user: String,
         /// How many connections.
         conns: u32,
@@ -95,6 +112,7 @@ pub enum Message {
     Publish {
         /// App id.
         app: String,
+        /// The channel name.
         channel: String,
         /// The encoded WebSocket frame.
         frame: Bytes,
@@ -109,6 +127,7 @@ pub enum Message {
     ToUser {
         /// App id.
         app: String,
+        /// The user id.
         user: String,
         /// The encoded frame.
         frame: Bytes,
@@ -119,6 +138,7 @@ pub enum Message {
     Terminate {
         /// App id.
         app: String,
+        /// The user id.
         user: String,
     },
     /// One change to the sender's contribution.
@@ -612,5 +632,148 @@ mod tests {
         b.put_u64(1);
         b.put_u32(1 << 30);
         assert_eq!(decode(b.freeze()), Err(WireError::TooLong));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            "\\PC{0,12}"
+        }
+
+        fn frame() -> impl Strategy<Value = Bytes> {
+            vec(any::<u8>(), 0..40).prop_map(Bytes::from)
+        }
+
+        fn change() -> impl Strategy<Value = Change> {
+            prop_oneof![
+                text().prop_map(|channel| Change::Subscribed { channel }),
+                text().prop_map(|channel| Change::Unsubscribed { channel }),
+                (text(), text(), text(), proptest::option::of(text())).prop_map(
+                    |(channel, key, raw_id, info)| Change::Joined {
+                        channel,
+                        key,
+                        raw_id,
+                        info
+                    }
+                ),
+                (text(), text()).prop_map(|(channel, key)| Change::Left { channel, key }),
+                text().prop_map(|user| Change::SignedIn { user }),
+                text().prop_map(|user| Change::SignedOut { user }),
+            ]
+        }
+
+        fn entry() -> impl Strategy<Value = Entry> {
+            prop_oneof![
+                (text(), text(), any::<u32>()).prop_map(|(app, channel, count)| Entry::Subs {
+                    app,
+                    channel,
+                    count
+                }),
+                (
+                    text(),
+                    text(),
+                    text(),
+                    text(),
+                    proptest::option::of(text()),
+                    any::<u32>()
+                )
+                    .prop_map(|(app, channel, key, raw_id, info, conns)| {
+                        Entry::Member {
+                            app,
+                            channel,
+                            key,
+                            raw_id,
+                            info,
+                            conns,
+                        }
+                    }),
+                (text(), text(), any::<u32>()).prop_map(|(app, user, conns)| Entry::User {
+                    app,
+                    user,
+                    conns
+                }),
+            ]
+        }
+
+        fn message() -> impl Strategy<Value = Message> {
+            prop_oneof![
+                vec((text(), any::<u32>()), 0..6)
+                    .prop_map(|connections| Message::Heartbeat { connections }),
+                Just(Message::Leaving),
+                Just(Message::Hello),
+                (
+                    text(),
+                    text(),
+                    frame(),
+                    proptest::option::of(text()),
+                    proptest::option::of(text()),
+                    any::<u64>()
+                )
+                    .prop_map(
+                        |(app, channel, frame, except, cache_data, cache_stamp)| {
+                            Message::Publish {
+                                app,
+                                channel,
+                                frame,
+                                except,
+                                cache_data,
+                                cache_stamp,
+                            }
+                        }
+                    ),
+                (text(), text(), frame(), proptest::option::of(text())).prop_map(
+                    |(app, user, frame, except)| Message::ToUser {
+                        app,
+                        user,
+                        frame,
+                        except
+                    }
+                ),
+                (text(), text()).prop_map(|(app, user)| Message::Terminate { app, user }),
+                (text(), change()).prop_map(|(app, change)| Message::Change { app, change }),
+                (any::<u16>(), any::<u16>(), vec(entry(), 0..6)).prop_map(
+                    |(piece, pieces, entries)| Message::Snapshot {
+                        piece,
+                        pieces,
+                        entries
+                    }
+                ),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn encode_then_decode_is_the_identity(node in any::<u64>(), m in message()) {
+                let wire = encode(NodeId(node), &m);
+                prop_assert_eq!(decode(wire.clone()), Ok((NodeId(node), m.clone())));
+                // Canonical: what decodes encodes to the same bytes.
+                prop_assert_eq!(encode(NodeId(node), &m), wire.clone());
+                // Every strict prefix, and one byte more, is refused.
+                for cut in 0..wire.len() {
+                    prop_assert!(decode(wire.slice(..cut)).is_err());
+                }
+                let mut longer = wire.to_vec();
+                longer.push(0);
+                prop_assert_eq!(decode(longer.into()), Err(WireError::Trailing));
+            }
+
+            #[test]
+            fn corrupt_messages_never_panic(
+                m in message(),
+                flips in vec((any::<usize>(), any::<u8>()), 1..4),
+            ) {
+                let mut bad = encode(NodeId(7), &m).to_vec();
+                for (i, b) in flips {
+                    let i = i % bad.len();
+                    bad[i] = b;
+                }
+                if let Ok((node, back)) = decode(bad.clone().into()) {
+                    prop_assert_eq!(&encode(node, &back)[..], &bad[..]);
+                }
+            }
+        }
     }
 }

@@ -531,6 +531,23 @@ mod tests {
     }
 
     #[test]
+    fn a_body_that_is_not_utf8_is_a_400_not_a_panic() {
+        // Found by fuzz/api_request: sonic-rs panics ("invalid utf-8 in as_str") on raw bytes
+        // that are not UTF-8 inside a value kept as a LazyValue, which killed the process.
+        for body in [
+            &b"{\"name\":\"e\",\"channel\":\"a\",\"data\":{\"\xeb\":[1]}}"[..],
+            b"{\"name\":\"e\",\"channel\":\"a\",\"data\":\"\xff\"}",
+            b"{\"batch\":[{\"name\":\"\xc3\",\"data\":1}]}",
+        ] {
+            match parse_body::<EventBody<'_>>(body) {
+                Err(r) => assert_eq!(r.status, 400),
+                Ok(_) => panic!("accepted {body:?}"),
+            }
+            assert!(parse_body::<BatchBody<'_>>(body).is_err());
+        }
+    }
+
+    #[test]
     fn channel_answers_keep_their_shape() {
         let f = ChannelFacts {
             subscriptions: 3,

@@ -19,8 +19,6 @@ pub struct CachedEvent {
     pub ttl_secs: u64,
 }
 
-/// What the HTTP API asks of the server. Queries are async because facts live on other shards
-/// (and, in a cluster, other nodes); publishes never wait.
 /// Health and metrics: what the main port and the separate metrics listener both answer.
 pub trait Health {
     /// Whether a graceful shutdown has started (readiness answers 503).
@@ -33,7 +31,10 @@ pub trait Health {
     fn metrics_text(&self) -> String;
 }
 
-#[allow(async_fn_in_trait)] // the futures run on one shard's thread: no Send bound wanted
+// The futures run on one shard's thread: no Send bound wanted.
+#[allow(async_fn_in_trait)]
+/// What the HTTP API asks of the server. Queries are async because facts live on other shards
+/// (and, in a cluster, other nodes); publishes never wait.
 pub trait Service: Health {
     /// The `[server]` settings.
     fn server(&self) -> &ServerConfig;

@@ -34,10 +34,16 @@ pub fn from_str<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, JsonError> {
     sonic_rs::from_str(text).map_err(|e| JsonError::Invalid(shorten(&e.to_string())))
 }
 
-/// Parses `bytes` into `T` after checking its nesting depth.
+/// Parses `bytes` into `T` after checking its nesting depth and that it is UTF-8.
+///
+/// JSON is UTF-8 (RFC 8259), and sonic-rs must not see anything else: it copies a lazily
+/// parsed value's text out of the bytes without checking it and panics on invalid UTF-8 there
+/// (`{"data":{"\xeb":1}}`), which would take the process down.
 pub fn from_slice<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, JsonError> {
     check_depth(bytes, MAX_DEPTH)?;
-    sonic_rs::from_slice(bytes).map_err(|e| JsonError::Invalid(shorten(&e.to_string())))
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| JsonError::Invalid(shorten(&format!("not UTF-8: {e}"))))?;
+    sonic_rs::from_str(text).map_err(|e| JsonError::Invalid(shorten(&e.to_string())))
 }
 
 /// Parser messages quote the input around the error; keep error frames and bodies small.
@@ -168,6 +174,29 @@ mod tests {
             from_slice::<sonic_rs::Value>(deep.as_bytes()),
             Err(JsonError::TooDeep)
         ));
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_not_a_panic() {
+        // sonic-rs reads a LazyValue's text from the bytes unchecked and panics on invalid
+        // UTF-8 there (found by fuzz/api_request, through an HTTP API body).
+        #[derive(Deserialize)]
+        struct Body<'a> {
+            #[serde(borrow)]
+            #[allow(dead_code)]
+            data: Option<sonic_rs::LazyValue<'a>>,
+        }
+        for bytes in [
+            &b"{\"data\":{\"\xeb\":[1]}}"[..],
+            b"{\"data\":\"\xff\"}",
+            b"{\"data\":[\"\xe2\x82\"]}",
+        ] {
+            assert!(
+                matches!(from_slice::<Body<'_>>(bytes), Err(JsonError::Invalid(_))),
+                "{bytes:?}"
+            );
+        }
+        assert!(from_slice::<Body<'_>>("{\"data\":{\"\u{e9}\":[1]}}".as_bytes()).is_ok());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! WebSocket frames of a live connection: reading from the socket, reassembling messages,
 //! answering control frames, and handing complete text messages to the Pusher layer.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 
 use super::outbound::Notice;
@@ -100,11 +101,49 @@ pub fn process(shard: &Shard, st: &mut State, key: ConnKey, data: &mut [u8]) {
 /// Handles one frame; false when the connection is now closing.
 fn on_frame(shard: &Shard, st: &mut State, key: ConnKey, h: Header, payload: &mut [u8]) -> bool {
     let max = shard.shared.config.server.max_message_size;
+    // Control frames cost budget and their pongs are coalesced: see `control`.
+    if matches!(h.opcode, OpCode::Ping | OpCode::Pong) {
+        return control(shard, st, key, h.opcode, payload);
+    }
     let Some(conn) = st.conns.get_mut(key) else {
         return false;
     };
+    match step(&mut conn.fragments, &h, payload, max) {
+        // Pings were answered above; `step` alone (as the fuzz target drives it) answers them.
+        FrameStep::Pong(_) | FrameStep::Wait => true,
+        FrameStep::Message(msg) => text(shard, st, key, &msg),
+        FrameStep::Close(code, reason) => {
+            shard.close(st, key, code, reason, Notice::CloseFrameOnly);
+            false
+        }
+    }
+}
+
+/// What one frame asks of its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameStep<'a> {
+    /// Answer a ping with a pong carrying this payload.
+    Pong(&'a [u8]),
+    /// Nothing to do: a pong, or a fragment kept until its message is complete.
+    Wait,
+    /// A complete text message (not yet checked for UTF-8).
+    Message(Cow<'a, [u8]>),
+    /// Close the connection with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// The RFC 6455 rules for one unmasked frame, without the connection: control frames, binary
+/// frames, and the reassembly of fragmented text messages in `fragments` (the message being
+/// assembled, if any), whose assembled length never exceeds `max`.
+pub fn step<'a>(
+    fragments: &mut Option<Vec<u8>>,
+    h: &Header,
+    payload: &'a [u8],
+    max: usize,
+) -> FrameStep<'a> {
     match h.opcode {
-        OpCode::Ping | OpCode::Pong => control(shard, st, key, h.opcode, payload),
+        OpCode::Ping => FrameStep::Pong(payload),
+        OpCode::Pong => FrameStep::Wait,
         OpCode::Close => {
             // RFC 6455 5.5.1 / 7.4: no body, or a valid code and a UTF-8 reason.
             let code = match payload {
@@ -116,56 +155,30 @@ fn on_frame(shard: &Shard, st: &mut State, key: ConnKey, h: Header, payload: &mu
                     _ => close::PROTOCOL,
                 },
             };
-            shard.close(st, key, code, "", Notice::CloseFrameOnly);
-            false
+            FrameStep::Close(code, "")
         }
-        OpCode::Binary => {
-            shard.close(
-                st,
-                key,
-                close::UNSUPPORTED,
-                "binary frames are not supported",
-                Notice::CloseFrameOnly,
-            );
-            false
-        }
-        OpCode::Text if conn.fragments.is_some() => {
-            shard.close(
-                st,
-                key,
-                close::PROTOCOL,
-                "expected a continuation frame",
-                Notice::CloseFrameOnly,
-            );
-            false
+        OpCode::Binary => FrameStep::Close(close::UNSUPPORTED, "binary frames are not supported"),
+        OpCode::Text if fragments.is_some() => {
+            FrameStep::Close(close::PROTOCOL, "expected a continuation frame")
         }
         OpCode::Text if !h.fin => {
-            conn.fragments = Some(payload.to_vec());
-            true
+            *fragments = Some(payload.to_vec());
+            FrameStep::Wait
         }
-        OpCode::Text => text(shard, st, key, payload),
+        OpCode::Text => FrameStep::Message(Cow::Borrowed(payload)),
         OpCode::Continuation => {
-            let Some(mut msg) = conn.fragments.take() else {
-                shard.close(
-                    st,
-                    key,
-                    close::PROTOCOL,
-                    "continuation without a message",
-                    Notice::CloseFrameOnly,
-                );
-                return false;
+            let Some(mut msg) = fragments.take() else {
+                return FrameStep::Close(close::PROTOCOL, "continuation without a message");
             };
             if msg.len() + payload.len() > max {
-                let reason = "message too big";
-                shard.close(st, key, close::TOO_BIG, reason, Notice::CloseFrameOnly);
-                return false;
+                return FrameStep::Close(close::TOO_BIG, "message too big");
             }
             msg.extend_from_slice(payload);
             if h.fin {
-                text(shard, st, key, &msg)
+                FrameStep::Message(Cow::Owned(msg))
             } else {
-                conn.fragments = Some(msg);
-                true
+                *fragments = Some(msg);
+                FrameStep::Wait
             }
         }
     }
@@ -215,4 +228,118 @@ fn text(shard: &Shard, st: &mut State, key: ConnKey, payload: &[u8]) -> bool {
     ShardMetrics::add(&shard.metrics().messages_in, 1);
     pusher::on_message(shard, st, key, text);
     st.conns.get(key).is_some_and(|c| !c.is_closing())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header(opcode: OpCode, fin: bool, payload: &[u8]) -> Header {
+        Header {
+            fin,
+            opcode,
+            header_len: 6,
+            payload_len: payload.len(),
+            mask: [0; 4],
+        }
+    }
+
+    fn run<'a>(frag: &mut Option<Vec<u8>>, op: OpCode, fin: bool, p: &'a [u8]) -> FrameStep<'a> {
+        step(frag, &header(op, fin, p), p, 10)
+    }
+
+    #[test]
+    fn fragments_are_joined_and_control_frames_pass_between() {
+        let mut frag = None;
+        assert_eq!(run(&mut frag, OpCode::Text, false, b"ab"), FrameStep::Wait);
+        assert_eq!(
+            run(&mut frag, OpCode::Ping, true, b"p"),
+            FrameStep::Pong(b"p")
+        );
+        assert_eq!(run(&mut frag, OpCode::Pong, true, b""), FrameStep::Wait);
+        assert_eq!(
+            run(&mut frag, OpCode::Continuation, false, b"cd"),
+            FrameStep::Wait
+        );
+        assert_eq!(
+            run(&mut frag, OpCode::Continuation, true, b"e"),
+            FrameStep::Message(Cow::Owned(b"abcde".to_vec()))
+        );
+        assert_eq!(frag, None);
+        assert_eq!(
+            run(&mut frag, OpCode::Text, true, b"x"),
+            FrameStep::Message(Cow::Borrowed(b"x"))
+        );
+    }
+
+    #[test]
+    fn misuse_is_refused_with_its_code() {
+        let code = |steps: &[(OpCode, bool, &[u8])]| {
+            let mut frag = None;
+            for &(op, fin, p) in steps {
+                if let FrameStep::Close(c, _) = step(&mut frag, &header(op, fin, p), p, 10) {
+                    return Some(c);
+                }
+            }
+            None
+        };
+        let c = OpCode::Continuation;
+        assert_eq!(code(&[(c, true, b"x")]), Some(close::PROTOCOL));
+        let t = OpCode::Text;
+        assert_eq!(
+            code(&[(t, false, b"x"), (t, true, b"y")]),
+            Some(close::PROTOCOL)
+        );
+        assert_eq!(
+            code(&[(t, false, b"123456"), (c, true, b"78901")]),
+            Some(close::TOO_BIG)
+        );
+        assert_eq!(
+            code(&[(OpCode::Binary, true, b"")]),
+            Some(close::UNSUPPORTED)
+        );
+        let close_with = |p: &[u8]| code(&[(OpCode::Close, true, p)]);
+        assert_eq!(close_with(b""), Some(close::NORMAL));
+        assert_eq!(close_with(b"\x03"), Some(close::PROTOCOL));
+        assert_eq!(close_with(b"\x0f\xa0bye"), Some(4000));
+        assert_eq!(close_with(b"\x03\xed"), Some(close::PROTOCOL)); // 1005 is never sent
+        assert_eq!(close_with(b"\x03\xe8\xff"), Some(close::INVALID_DATA));
+    }
+
+    proptest! {
+        /// However a message is cut into a text frame and continuations, with pings between
+        /// them, the message comes back whole, once, at its last fragment.
+        #[test]
+        fn any_fragmentation_gives_the_message_back(
+            msg in proptest::collection::vec(any::<u8>(), 0..200),
+            mut cuts in proptest::collection::vec(0usize..200, 0..8),
+            pings in proptest::collection::vec(any::<bool>(), 8),
+        ) {
+            cuts.retain(|&c| c <= msg.len());
+            cuts.sort_unstable();
+            let mut bounds = vec![0];
+            bounds.extend(cuts);
+            bounds.push(msg.len());
+            let parts: Vec<&[u8]> = bounds.windows(2).map(|w| &msg[w[0]..w[1]]).collect();
+            let mut frag = None;
+            let mut got = Vec::new();
+            for (i, part) in parts.iter().enumerate() {
+                let op = if i == 0 { OpCode::Text } else { OpCode::Continuation };
+                let fin = i + 1 == parts.len();
+                let h = header(op, fin, part);
+                match step(&mut frag, &h, part, msg.len()) {
+                    FrameStep::Message(m) => got.push(m.into_owned()),
+                    FrameStep::Wait => prop_assert!(!fin),
+                    other => prop_assert!(false, "{:?}", other),
+                }
+                if pings[i % pings.len()] {
+                    let p = header(OpCode::Ping, true, b"p");
+                    prop_assert_eq!(step(&mut frag, &p, b"p", msg.len()), FrameStep::Pong(b"p"));
+                }
+            }
+            prop_assert_eq!(got, vec![msg.clone()]);
+            prop_assert_eq!(frag, None);
+        }
+    }
 }

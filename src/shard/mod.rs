@@ -4,7 +4,7 @@
 mod bodies;
 mod conn;
 mod effects;
-mod frames;
+pub(crate) mod frames;
 mod inbox;
 mod metrics_port;
 mod outbound;

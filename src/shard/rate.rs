@@ -156,4 +156,128 @@ mod tests {
         assert!(!w.admit(1_000, 0));
         assert!(!w.admit(5_000, 0));
     }
+
+    mod props {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// Event times from gaps (several events may share an instant), starting at `start`.
+        fn times(start: u64, gaps: &[u64]) -> Vec<u64> {
+            gaps.iter()
+                .scan(start, |t, g| {
+                    *t += g;
+                    Some(*t)
+                })
+                .collect()
+        }
+
+        /// Gaps of 0 (same instant) to a few seconds, mostly short.
+        fn gaps() -> impl Strategy<Value = Vec<u64>> {
+            vec(
+                prop_oneof![4 => Just(0u64), 4 => 0u64..50, 1 => 0u64..3000],
+                1..300,
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn the_bucket_never_allows_more_than_burst_at_once_nor_more_than_the_rate(
+                burst in 1u32..40,
+                rate in 1u32..500,
+                start in 0u64..10_000,
+                gaps in gaps(),
+            ) {
+                let ts = times(start, &gaps);
+                let mut b = TokenBucket::full(burst, start);
+                let ok: Vec<bool> = ts.iter().map(|&t| b.take(t, rate, burst)).collect();
+                let admitted = |from: u64, to: u64| {
+                    ts.iter()
+                        .zip(&ok)
+                        .filter(|(&t, &a)| a && t >= from && t <= to)
+                        .count() as u64
+                };
+                for &t in &ts {
+                    // One instant: at most the burst.
+                    prop_assert!(admitted(t, t) <= burst as u64);
+                }
+                // From the start: the burst plus what the rate earned, rounded down.
+                let last = *ts.last().unwrap();
+                prop_assert!(
+                    admitted(start, last) <= burst as u64 + (last - start) * rate as u64 / 1000
+                );
+                // Any window between two events: the burst plus the rate over the window (plus
+                // less than one token earned before it, hence rounding up).
+                for (i, &a) in ts.iter().enumerate().step_by(7) {
+                    for &z in ts[i..].iter().step_by(5) {
+                        let earned = ((z - a) * rate as u64).div_ceil(1000);
+                        prop_assert!(admitted(a, z) <= burst as u64 + earned);
+                    }
+                }
+            }
+
+            #[test]
+            fn a_quiet_spell_of_one_token_always_earns_one(
+                burst in 1u32..40,
+                rate in 1u32..500,
+                gaps in gaps(),
+            ) {
+                let ts = times(0, &gaps);
+                let mut b = TokenBucket::full(burst, 0);
+                for &t in &ts {
+                    b.take(t, rate, burst);
+                }
+                let quiet = 1000u64.div_ceil(rate as u64);
+                prop_assert!(b.take(ts.last().unwrap() + quiet, rate, burst));
+            }
+
+            #[test]
+            fn a_window_opens_at_its_first_event_and_holds_at_most_the_limit(
+                limit in 0u32..6,
+                start in 0u64..5_000,
+                gaps in gaps(),
+            ) {
+                let ts = times(start, &gaps);
+                let mut w = RateWindow::default();
+                let mut in_window = 0u32;
+                for &t in &ts {
+                    let before = w;
+                    let ok = w.admit(t, limit);
+                    if w.opened_at != before.opened_at {
+                        // Opened by this very event, once the previous window was over.
+                        prop_assert_eq!(w.opened_at, t);
+                        prop_assert!(t - before.opened_at >= RateWindow::WINDOW_MS);
+                        in_window = 0;
+                    } else {
+                        prop_assert!(t - w.opened_at < RateWindow::WINDOW_MS);
+                    }
+                    in_window += 1;
+                    // The first `limit` events of a window pass, the rest do not.
+                    prop_assert_eq!(ok, in_window <= limit);
+                }
+            }
+
+            #[test]
+            fn after_a_second_of_quiet_the_next_burst_gets_the_whole_limit(
+                limit in 1u32..6,
+                busy in gaps(),
+                quiet in 1000u64..5000,
+                offsets in vec(0u64..1000, 1..12),
+            ) {
+                let mut w = RateWindow::default();
+                let ts = times(0, &busy);
+                for &t in &ts {
+                    w.admit(t, limit);
+                }
+                let opener = ts.last().unwrap() + quiet;
+                let mut offsets = offsets;
+                offsets.sort_unstable();
+                for (i, off) in offsets.iter().enumerate() {
+                    let ok = w.admit(opener + off, limit);
+                    // Anchored at the opener, whatever the clock's second boundaries.
+                    prop_assert_eq!(ok, (i as u32) < limit, "event {} at +{}", i, off);
+                }
+            }
+        }
+    }
 }

@@ -302,4 +302,124 @@ mod tests {
             }
         }
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn opcode() -> impl Strategy<Value = OpCode> {
+            prop_oneof![
+                Just(OpCode::Continuation),
+                Just(OpCode::Text),
+                Just(OpCode::Binary),
+                Just(OpCode::Close),
+                Just(OpCode::Ping),
+                Just(OpCode::Pong),
+            ]
+        }
+
+        /// Payload lengths around every boundary of the length encoding (125/126, 65535/65536),
+        /// filled from a seed so long payloads stay cheap to generate.
+        fn payload() -> impl Strategy<Value = Vec<u8>> {
+            let len = prop_oneof![0usize..130, 65_530usize..65_540, 130usize..70_000];
+            (len, any::<u8>()).prop_map(|(n, seed)| {
+                (0..n)
+                    .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                    .collect()
+            })
+        }
+
+        /// What a client sends for a server frame: mask bit set, key after the length, payload
+        /// masked.
+        fn as_client(server: &[u8], payload_len: usize, mask: [u8; 4]) -> Vec<u8> {
+            let at = server.len() - payload_len;
+            let mut v = server[..at].to_vec();
+            v[1] |= 0x80;
+            v.extend_from_slice(&mask);
+            v.extend(
+                server[at..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ mask[i % 4]),
+            );
+            v
+        }
+
+        proptest! {
+            #[test]
+            fn encode_then_parse_gives_the_frame_back(
+                op in opcode(),
+                mut body in payload(),
+                mask in any::<[u8; 4]>(),
+                after in proptest::collection::vec(any::<u8>(), 0..16),
+            ) {
+                if op.is_control() {
+                    body.truncate(125);
+                }
+                let server = encode(op, &body);
+                let mut frame = as_client(&server, body.len(), mask);
+                let ext = match body.len() {
+                    0..=125 => 0,
+                    126..=65_535 => 2,
+                    _ => 8,
+                };
+                let want = Header {
+                    fin: true,
+                    opcode: op,
+                    header_len: 2 + ext + 4,
+                    payload_len: body.len(),
+                    mask,
+                };
+                for cut in 0..want.header_len {
+                    prop_assert_eq!(parse_header(&frame[..cut], 1 << 20), Ok(None));
+                }
+                let frame_len = frame.len();
+                frame.extend_from_slice(&after);
+                let h = parse_header(&frame, 1 << 20).unwrap().unwrap();
+                prop_assert_eq!(h, want);
+                prop_assert_eq!(h.frame_len(), frame_len);
+                unmask(&mut frame[h.header_len..h.frame_len()], h.mask);
+                prop_assert_eq!(&frame[h.header_len..h.frame_len()], &body[..]);
+                prop_assert_eq!(&frame[frame_len..], &after[..]);
+                // A limit below the payload refuses it once the length is known.
+                if !body.is_empty() {
+                    let e = parse_header(&frame, body.len() - 1).unwrap_err();
+                    prop_assert_eq!(e.code, close::TOO_BIG);
+                }
+            }
+
+            #[test]
+            fn unmask_is_a_bytewise_xor_and_undoes_itself(
+                data in proptest::collection::vec(any::<u8>(), 0..64),
+                mask in any::<[u8; 4]>(),
+            ) {
+                let mut fast = data.clone();
+                unmask(&mut fast, mask);
+                let plain: Vec<u8> = data
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ mask[i % 4])
+                    .collect();
+                prop_assert_eq!(&fast, &plain);
+                unmask(&mut fast, mask);
+                prop_assert_eq!(fast, data);
+            }
+
+            #[test]
+            fn close_frames_fit_the_control_limit(code in any::<u16>(), reason in "\\PC{0,130}") {
+                let server = close_frame(code, &reason);
+                let len = server.len() - 2;
+                let frame = as_client(&server, len, [9, 8, 7, 6]);
+                let h = parse_header(&frame, 125).unwrap().unwrap();
+                prop_assert_eq!(h.opcode, OpCode::Close);
+                prop_assert!(h.payload_len <= 125);
+                let mut body = frame[h.header_len..].to_vec();
+                unmask(&mut body, h.mask);
+                prop_assert_eq!(u16::from_be_bytes([body[0], body[1]]), code);
+                let sent = std::str::from_utf8(&body[2..]).unwrap();
+                prop_assert!(reason.starts_with(sent));
+                prop_assert!(sent.len() == reason.len() || sent.len() > 119);
+            }
+        }
+    }
 }
