@@ -28,6 +28,10 @@ pub struct Publication {
     pub except: Option<Arc<str>>,
     /// For cache channels: the event's raw `data`, kept with the frame for late subscribers.
     pub cache_data: Option<Arc<str>>,
+    /// For cache channels: when the event was published (Unix µs, at the node it entered). A
+    /// shard keeps the newest, so two events triggered one after the other through different
+    /// nodes, which may arrive in either order, leave the later one cached.
+    pub cache_stamp: u64,
     /// Presence member and subscription-count notices: never dropped by a full inbox, since a
     /// lost `member_removed` would leave a ghost in every client's member list. Their number is
     /// bounded by subscribe/unsubscribe traffic, which the per-connection message budget limits.
@@ -274,6 +278,7 @@ mod tests {
                 frame: Bytes::new(),
                 except: None,
                 cache_data: None,
+                cache_stamp: 0,
                 essential,
             }))
         };

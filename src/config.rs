@@ -65,6 +65,11 @@ pub struct ServerConfig {
     pub host: String,
     /// Port to listen on; 0 picks a free one (printed at start-up).
     pub port: u16,
+    /// A separate plain listener for `/metrics`, `/up` and `/ready` (0: none; `/metrics` is
+    /// then served on the main port, as are `/up` and `/ready` always).
+    pub metrics_port: u16,
+    /// Address of the metrics listener.
+    pub metrics_host: String,
     /// Number of shards; 0 means one per core.
     pub workers: usize,
     /// Seconds of client silence before the server pings; also sent in `connection_established`.
@@ -79,15 +84,21 @@ pub struct ServerConfig {
     pub shutdown_grace: u64,
     /// Largest WebSocket message accepted from a client, in bytes (else close 1009).
     pub max_message_size: usize,
-    /// Bytes queued towards one connection before it counts as a slow consumer (closed with 4100).
+    /// Bytes queued towards one connection before it counts as a slow consumer (closed with
+    /// 4100), each frame counted with what its queue entry holds besides its bytes.
     pub max_outbound_bytes: usize,
     /// Largest HTTP request body accepted, in bytes (else 413).
     pub max_request_body: usize,
+    /// Bytes of request bodies one shard may be waiting for at once, each counted at its
+    /// announced Content-Length from when its head is read until it was handled (a request
+    /// that does not fit gets 503 and is closed).
+    pub max_pending_body_bytes: usize,
     /// Longest channel name accepted, in characters.
     pub max_channel_name_length: usize,
     /// Messages waiting in one shard's bus inbox before publishes to it are dropped and counted.
     pub bus_capacity: usize,
-    /// Messages per second one connection may send, sustained (token bucket).
+    /// Messages per second one connection may send, sustained (token bucket); WebSocket pings
+    /// and pongs count as messages.
     pub max_messages_per_second: u32,
     /// Messages one connection may send in a burst above the sustained rate.
     pub max_message_burst: u32,
@@ -105,6 +116,8 @@ impl Default for ServerConfig {
         ServerConfig {
             host: "127.0.0.1".into(),
             port: 6001,
+            metrics_port: 0,
+            metrics_host: "127.0.0.1".into(),
             workers: 0,
             activity_timeout: 120,
             pong_timeout: 30,
@@ -113,6 +126,7 @@ impl Default for ServerConfig {
             max_message_size: 64 * 1024,
             max_outbound_bytes: 4 * 1024 * 1024,
             max_request_body: 1024 * 1024,
+            max_pending_body_bytes: 32 * 1024 * 1024,
             max_channel_name_length: 200,
             bus_capacity: 1 << 20,
             max_messages_per_second: 100,
@@ -365,6 +379,12 @@ impl Config {
         if s.webhook_queue == 0 || s.webhook_concurrency == 0 || s.webhook_timeout == 0 {
             bail!("server.webhook_queue, webhook_concurrency and webhook_timeout must be greater than 0");
         }
+        if s.metrics_host.parse::<std::net::IpAddr>().is_err() {
+            bail!(
+                "server.metrics_host must be an IP address, got {:?}",
+                s.metrics_host
+            );
+        }
         if s.host.parse::<std::net::IpAddr>().is_err() {
             bail!("server.host must be an IP address, got {:?}", s.host);
         }
@@ -385,6 +405,17 @@ impl Config {
         }
         if s.max_request_body > MAX_REQUEST_BODY_LIMIT {
             bail!("server.max_request_body must be at most {MAX_REQUEST_BODY_LIMIT} bytes");
+        }
+        if s.max_pending_body_bytes < s.max_request_body {
+            bail!(
+                "server.max_pending_body_bytes ({}) must be at least server.max_request_body ({}): \
+                 else a body of the largest size could never be received",
+                s.max_pending_body_bytes,
+                s.max_request_body
+            );
+        }
+        if s.max_pending_body_bytes > MAX_PENDING_BODY_LIMIT {
+            bail!("server.max_pending_body_bytes must be at most {MAX_PENDING_BODY_LIMIT} bytes");
         }
         if self.apps.len() > u16::MAX as usize {
             bail!("at most {} [[apps]] entries are supported", u16::MAX);
@@ -489,6 +520,10 @@ pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
 /// Upper bound for `max_request_body`: the HTTP API never needs more (events are 10 KB by
 /// default, batches at most 10 of them).
 pub const MAX_REQUEST_BODY_LIMIT: usize = 64 << 20;
+
+/// Upper bound for `max_pending_body_bytes` (per shard): far above any sensible value, so that a
+/// typo cannot quietly turn the budget off.
+pub const MAX_PENDING_BODY_LIMIT: usize = 4 << 30;
 
 fn check_seconds(name: &str, v: u64) -> Result<()> {
     if v > MAX_SECONDS {
@@ -637,6 +672,41 @@ adapter = \"nats\"\n",
         assert!(err.to_string().contains("adapter"), "{err}");
         // No section: a single node.
         assert_eq!(Config::development().cluster.adapter, Adapter::Local);
+    }
+
+    #[test]
+    fn the_pending_body_budget_is_validated() {
+        let cfg = Config::development();
+        assert_eq!(cfg.server.max_pending_body_bytes, 32 << 20);
+        cfg.validate().unwrap();
+        for (key, value, named) in [
+            (
+                "SERVER__MAX_PENDING_BODY_BYTES",
+                "1048575",
+                "server.max_pending_body_bytes",
+            ),
+            (
+                "SERVER__MAX_PENDING_BODY_BYTES",
+                "4294967297",
+                "server.max_pending_body_bytes",
+            ),
+        ] {
+            let mut v = development_value();
+            apply_env(&mut v, key, value).unwrap();
+            let cfg: Config = v.try_into().unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(named), "{key}={value}: {err}");
+        }
+        // Exactly one largest body fits; a smaller max_request_body allows a smaller budget.
+        let mut v = development_value();
+        apply_env(&mut v, "SERVER__MAX_PENDING_BODY_BYTES", "1048576").unwrap();
+        let cfg: Config = v.try_into().unwrap();
+        cfg.validate().unwrap();
+        let mut v = development_value();
+        apply_env(&mut v, "SERVER__MAX_REQUEST_BODY", "4096").unwrap();
+        apply_env(&mut v, "SERVER__MAX_PENDING_BODY_BYTES", "4096").unwrap();
+        let cfg: Config = v.try_into().unwrap();
+        cfg.validate().unwrap();
     }
 
     #[test]

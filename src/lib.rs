@@ -12,6 +12,7 @@ mod ids;
 mod metrics;
 mod protocol;
 pub mod shard;
+pub mod supervisor;
 mod webhooks;
 mod ws;
 
@@ -30,7 +31,7 @@ pub mod fuzzing {
     pub use crate::http::request::MAX_HEAD;
     pub use crate::http::request::{parse as parse_request, percent_decode, Parsed, Request};
     pub use crate::http::response::Response;
-    pub use crate::http::service::{CachedEvent, Service};
+    pub use crate::http::service::{CachedEvent, Health, Service};
     pub use crate::ids::{AppIdx, NodeId};
     pub use crate::protocol::channel::is_name_byte;
     pub use crate::protocol::json::{check_depth, JsonError, MAX_DEPTH};

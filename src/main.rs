@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::Parser;
 use ringpush::config::{Config, Overrides};
 use ringpush::shard::Server;
+use ringpush::supervisor::Supervisor;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 #[global_allocator]
@@ -102,12 +103,26 @@ fn run() -> Result<()> {
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "ringpush listening on {}", server.addr)?;
+        if let Some(m) = server.metrics_addr {
+            writeln!(out, "ringpush metrics on {m}")?;
+        }
         out.flush()?;
     }
     tracing::info!(addr = %server.addr, "accepting connections");
+    // The service manager hears from a thread of its own; this one waits for a signal.
+    let probe = server.probe();
+    let mut supervisor = Supervisor::new();
+    supervisor.ready(probe.connections(), probe.loop_turns());
+    std::thread::Builder::new()
+        .name("supervisor".into())
+        .spawn(move || loop {
+            std::thread::sleep(supervisor.tick_every());
+            supervisor.tick(probe.connections(), probe.loop_turns());
+        })?;
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutting down: asking clients to reconnect");
     }
+    ringpush::supervisor::stopping();
     server.shutdown();
     let deliver_by = Instant::now() + grace;
     let deadline = deliver_by + Duration::from_secs(2);

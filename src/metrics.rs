@@ -29,6 +29,13 @@ pub struct ShardMetrics {
     pub accept_errors: AtomicU64,
     /// Webhook events queued.
     pub webhooks_queued: AtomicU64,
+    /// Turns of the shard's timer sweep: it only advances while the shard's event loop runs,
+    /// which is what the systemd watchdog is fed from.
+    pub loop_turns: AtomicU64,
+    /// Bytes HTTP request bodies being received hold reserved (a gauge, set by the shard).
+    pub pending_body_bytes: AtomicU64,
+    /// HTTP requests refused (503) because their body did not fit `max_pending_body_bytes`.
+    pub bodies_refused: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -125,6 +132,16 @@ pub fn render(shards: &[ShardMetrics], extra: &[Series<'_>]) -> String {
             "ringpush_webhook_events_queued_total",
             "Webhook events handed to the side-car",
             sum(|s| &s.webhooks_queued),
+        ),
+        Series::gauge(
+            "ringpush_pending_body_bytes",
+            "Bytes reserved by HTTP request bodies being received (max_pending_body_bytes per shard)",
+            sum(|s| &s.pending_body_bytes),
+        ),
+        Series::counter(
+            "ringpush_bodies_refused_total",
+            "HTTP requests refused with 503 because their body did not fit max_pending_body_bytes",
+            sum(|s| &s.bodies_refused),
         ),
         Series::counter(
             "ringpush_accept_errors_total",

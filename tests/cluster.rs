@@ -13,6 +13,10 @@ use serde_json::{json, Value};
 /// Seconds of silence before a node is dropped, in these tests.
 const NODE_TIMEOUT: u64 = 2;
 
+/// One cluster at a time: each test runs up to three nodes and a Redis, and ten of them at
+/// once on a small machine could starve heartbeats past the short timeout used here.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn node_config(redis: &Redis, prefix: &str) -> Config {
     Config::with_app(
         App::default()
@@ -24,9 +28,20 @@ fn node_config(redis: &Redis, prefix: &str) -> Config {
 
 /// Starts `n` nodes and waits until each has heard all the others.
 async fn cluster(redis: &Redis, n: usize) -> Vec<Server> {
+    let app = App::default()
+        .with("client_events", true)
+        .with("subscription_count", true);
+    cluster_of(redis, n, &app).await
+}
+
+/// Starts `n` nodes serving `app` and waits until each has heard all the others.
+async fn cluster_of(redis: &Redis, n: usize, app: &App) -> Vec<Server> {
     let prefix = uniq("rp");
     let nodes: Vec<Server> = (0..n)
-        .map(|_| Server::start_with(node_config(redis, &prefix)))
+        .map(|_| {
+            let config = Config::with_app(app.clone());
+            Server::start_with(config.clustered(redis.port, &prefix, NODE_TIMEOUT))
+        })
         .collect();
     for node in &nodes {
         wait_peers(node, n as u64 - 1).await;
@@ -76,6 +91,7 @@ async fn wait_users(node: &Server, channel: &str, want: &[&str]) {
 
 #[tokio::test]
 async fn events_from_any_node_reach_subscribers_on_every_node_in_order() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
     let nodes = cluster(&redis, 3).await;
     let mut subs = Vec::new();
@@ -118,6 +134,7 @@ async fn events_from_any_node_reach_subscribers_on_every_node_in_order() {
 
 #[tokio::test]
 async fn presence_is_one_member_list_across_nodes() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
     let nodes = cluster(&redis, 3).await;
     let app = nodes[0].app();
@@ -170,6 +187,7 @@ async fn presence_is_one_member_list_across_nodes() {
 
 #[tokio::test]
 async fn client_events_server_to_user_and_terminate_cross_nodes() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
     let nodes = cluster(&redis, 2).await;
     let app = nodes[0].app();
@@ -211,6 +229,7 @@ async fn client_events_server_to_user_and_terminate_cross_nodes() {
 
 #[tokio::test]
 async fn a_killed_node_is_dropped_within_the_timeout_and_a_stopped_one_at_once() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
     let mut nodes = cluster(&redis, 3).await;
     let app = nodes[0].app();
@@ -263,6 +282,7 @@ async fn a_killed_node_is_dropped_within_the_timeout_and_a_stopped_one_at_once()
 
 #[tokio::test]
 async fn a_broker_outage_leaves_nodes_serving_and_state_is_rebuilt() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let mut redis = Redis::start();
     let nodes = cluster(&redis, 2).await;
     let app = nodes[0].app();
@@ -278,9 +298,14 @@ async fn a_broker_outage_leaves_nodes_serving_and_state_is_rebuilt() {
     }
 
     redis.stop();
+    let down = Instant::now();
     // Past node_timeout each node has dropped the other's members...
     wait_users(&nodes[0], ch, &["alice"]).await;
     wait_users(&nodes[1], ch, &["bob"]).await;
+    eprintln!(
+        "other node's members dropped {:?} into the outage",
+        down.elapsed()
+    );
     // ...and keeps serving its own clients: connects, subscribes, presence, local fan-out.
     let mut c = nodes[0].connect().await;
     c.subscribe_presence(&app, ch, json!("carol"), json!({}))
@@ -290,11 +315,13 @@ async fn a_broker_outage_leaves_nodes_serving_and_state_is_rebuilt() {
     assert_eq!(c.wait_event("during").await["data"], "local");
 
     redis.restart();
+    let back = Instant::now();
     // Back: the nodes find each other again and rebuild; carol joined during the outage.
     for node in &nodes {
         wait_peers(node, 1).await;
         wait_users(node, ch, &["alice", "bob", "carol"]).await;
     }
+    eprintln!("state rebuilt {:?} after Redis came back", back.elapsed());
     nodes[1].api().trigger(ch, "after", "crossed").await;
     assert_eq!(a.wait_event("after").await["data"], "crossed");
     assert_eq!(b.wait_event("after").await["data"], "crossed");
@@ -302,6 +329,7 @@ async fn a_broker_outage_leaves_nodes_serving_and_state_is_rebuilt() {
 
 #[tokio::test]
 async fn a_late_joiner_gets_the_cluster_state() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
     let prefix = uniq("rp");
     let first = Server::start_with(node_config(&redis, &prefix));
@@ -311,17 +339,22 @@ async fn a_late_joiner_gets_the_cluster_state() {
         .await;
     a.subscribe("counted").await;
     let late = Server::start_with(node_config(&redis, &prefix));
-    wait_peers(&late, 1).await;
-    wait_users(&late, "presence-late", &["7"]).await;
-    let info: Value = poll_until(
+    // Not ready until it holds the other nodes' state; from then on it answers for them.
+    let ready = poll_until(
         || async {
-            late.api()
-                .channel_info("counted", "subscription_count")
-                .await
+            let mut conn = HttpConn::connect(late.addr).await;
+            conn.request("GET", "/ready", b"").await.status
         },
-        |v| v["subscription_count"] == 1,
+        |&s| s == 200,
     )
     .await;
+    assert_eq!(ready, 200);
+    assert_eq!(users_on(&late, "presence-late").await, ["7"]);
+    let info = late
+        .api()
+        .channel_info("counted", "subscription_count")
+        .await;
+    assert_eq!(info["subscription_count"], 1, "{info}");
     assert_eq!(info["occupied"], true, "{info}");
     // And its own subscriber sees the member list with the id's JSON type kept.
     let mut b = late.connect().await;
@@ -334,25 +367,14 @@ async fn a_late_joiner_gets_the_cluster_state() {
 
 #[tokio::test]
 async fn webhooks_fire_once_per_cluster() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
     let mut recv = WebhookReceiver::start().await;
-    let prefix = uniq("rp");
     let app = App::default().with("webhook_delay", 0).webhook(&format!(
         "url = {}",
         serde_json::to_string(&recv.url()).unwrap()
     ));
-    let nodes: Vec<Server> = (0..3)
-        .map(|_| {
-            Server::start_with(Config::with_app(app.clone()).clustered(
-                redis.port,
-                &prefix,
-                NODE_TIMEOUT,
-            ))
-        })
-        .collect();
-    for node in &nodes {
-        wait_peers(node, 2).await;
-    }
+    let nodes = cluster_of(&redis, 3, &app).await;
     // Subscribers of one presence channel on every node, several with the same user.
     let ch = "presence-hooks";
     let mut clients = Vec::new();
@@ -399,21 +421,10 @@ async fn webhooks_fire_once_per_cluster() {
 
 #[tokio::test]
 async fn cache_channels_and_watchlists_span_nodes() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
-    let prefix = uniq("rp");
     let app = App::default().with("watchlist_events", true);
-    let nodes: Vec<Server> = (0..2)
-        .map(|_| {
-            Server::start_with(Config::with_app(app.clone()).clustered(
-                redis.port,
-                &prefix,
-                NODE_TIMEOUT,
-            ))
-        })
-        .collect();
-    for node in &nodes {
-        wait_peers(node, 1).await;
-    }
+    let nodes = cluster_of(&redis, 2, &app).await;
     // An event published through node 0 is the cache for a subscriber on node 1.
     let mut first = nodes[0].connect().await;
     first.subscribe("cache-prices").await;
@@ -458,21 +469,10 @@ async fn cache_channels_and_watchlists_span_nodes() {
 
 #[tokio::test]
 async fn the_connection_quota_counts_every_node() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
-    let prefix = uniq("rp");
     let app = App::default().with("max_connections", 2);
-    let nodes: Vec<Server> = (0..2)
-        .map(|_| {
-            Server::start_with(Config::with_app(app.clone()).clustered(
-                redis.port,
-                &prefix,
-                NODE_TIMEOUT,
-            ))
-        })
-        .collect();
-    for node in &nodes {
-        wait_peers(node, 1).await;
-    }
+    let nodes = cluster_of(&redis, 2, &app).await;
     let _a = nodes[0].connect().await;
     let _b = nodes[1].connect().await;
     // Each node learns the other's count from its next heartbeat.
@@ -487,4 +487,34 @@ async fn the_connection_quota_counts_every_node() {
     let path = format!("/app/{}?protocol=7", app.key);
     expect_rejected(&nodes[0], &path, 4004).await;
     expect_rejected(&nodes[1], &path, 4004).await;
+}
+
+#[tokio::test]
+async fn the_later_of_two_cache_events_through_different_nodes_stays_cached() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 2).await;
+    for round in 0..10 {
+        let ch = format!("cache-race-{round}");
+        // One event through each node, the second sent after the first was answered; they
+        // may reach a node in either order.
+        nodes[0].api().trigger(&ch, "v", "first").await;
+        nodes[1].api().trigger(&ch, "v", "second").await;
+        for node in &nodes {
+            let got = poll_until(
+                || async {
+                    let mut c = node.connect().await;
+                    c.subscribe(&ch).await;
+                    c.next_frame(WAIT).await
+                },
+                |f| matches!(f, Some(Frame::Event(e)) if e["data"] == "second"),
+            )
+            .await;
+            assert!(
+                matches!(&got, Some(Frame::Event(e)) if e["data"] == "second"),
+                "round {round} on {}: {got:?}",
+                node.addr
+            );
+        }
+    }
 }

@@ -63,6 +63,11 @@ fn bad_configurations_name_the_key() {
             "apps[0].cache_ttl",
         ),
         (
+            "smallbodybudget",
+            format!("[server]\nmax_pending_body_bytes = 65536\n{APP}"),
+            "server.max_pending_body_bytes",
+        ),
+        (
             "hookheader",
             format!(
                 "{APP}[[apps.webhooks]]\nurl = \"http://127.0.0.1:9/\"\nheaders = {{ \"bad name\" = \"v\" }}\n"

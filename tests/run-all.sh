@@ -35,6 +35,9 @@ step "cargo test (io_uring)" cargo test --workspace
 step "cargo test (epoll)" env MONOIO_FORCE_LEGACY_DRIVER=1 cargo test --workspace --tests
 step "compat suites (io_uring)" bash tests/compat.sh
 step "compat suites (epoll)" env MONOIO_FORCE_LEGACY_DRIVER=1 bash tests/compat.sh
+step "compat suites, cluster (io_uring)" bash tests/compat-cluster.sh
+step "compat suites, cluster (epoll)" env MONOIO_FORCE_LEGACY_DRIVER=1 bash tests/compat-cluster.sh
+step "fuzz smoke (every target, a few seconds each)" bash fuzz/smoke.sh
 step "perf report schema self-test" python3 perf/compare.py --self-test
 step "bench-harness smoke" bash perf/run-smoke.sh
 

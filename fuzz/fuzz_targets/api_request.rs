@@ -30,6 +30,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use ringpush::config::{AppConfig, ServerConfig};
 use ringpush::fuzzing::{
+    Health,
     api_string, handle_api, md5_hex, parse_request, sign, verify_api_request, ApiAuthError, AppIdx,
     CachedEvent, ChannelFacts, Parsed, Request, Service, MAX_BATCH, MAX_CHANNELS_PER_TRIGGER,
 };
@@ -84,9 +85,6 @@ impl Service for Fake {
             .position(|a| a.key == key)
             .map(|i| AppIdx(i as u16))
     }
-    fn shutting_down(&self) -> bool {
-        false
-    }
     fn publish(
         &self,
         _app: AppIdx,
@@ -139,6 +137,15 @@ impl Service for Fake {
             data: Arc::from("{\"k\":[1,\"x\"]}"),
             ttl_secs: 30,
         })
+    }
+}
+
+impl Health for Fake {
+    fn shutting_down(&self) -> bool {
+        false
+    }
+    fn synced(&self) -> bool {
+        true
     }
     fn metrics_text(&self) -> String {
         String::new()

@@ -129,6 +129,7 @@ fn message(u: &mut Unstructured<'_>) -> Result<Message> {
             frame: Bytes::from(Vec::<u8>::arbitrary(u)?),
             except: opt(u)?,
             cache_data: opt(u)?,
+            cache_stamp: u64::arbitrary(u)?,
         },
         4 => Message::ToUser {
             app: string(u)?,

@@ -11,7 +11,7 @@
 //! dropped at once ([`Home::drop_origin`]) with the events that follow from it: the basis for
 //! removing a dead node's members in a cluster.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -673,140 +673,114 @@ impl Home {
         now: u64,
         out: &mut Vec<Effect>,
     ) {
-        let mut subs: HashMap<(AppIdx, Arc<str>), u32> = HashMap::new();
-        let mut members: HashMap<MemberKey, (Arc<Member>, u32)> = HashMap::new();
-        let mut users: HashMap<(AppIdx, Arc<str>), u32> = HashMap::new();
-        for e in entries {
-            match e {
-                SnapEntry::Subs {
-                    app,
-                    channel,
-                    count,
-                } if covers(*app, channel) => {
-                    subs.insert((*app, channel.clone()), *count);
-                }
-                SnapEntry::Member {
-                    app,
-                    channel,
-                    member,
-                    conns,
-                } if covers(*app, channel) => {
-                    let key: Arc<str> = member.key.as_str().into();
-                    members.insert((*app, channel.clone(), key), (member.clone(), *conns));
-                }
-                SnapEntry::User { app, user, conns } if covers(*app, user) => {
-                    users.insert((*app, user.clone()), *conns);
-                }
-                _ => {}
-            }
-        }
-        // What the origin holds now, for the covered keys.
-        let mut have_subs = Vec::new();
-        let mut have_members = Vec::new();
+        // Per covered key: what the origin should hold (zero unless an entry says otherwise),
+        // starting from every key it holds now.
+        let mut want: Wanted = BTreeMap::new();
         for ((app, channel), ch) in &self.channels {
             if !covers(*app, channel) {
                 continue;
             }
             if type_of(channel).kind == ChannelKind::Presence {
                 for (key, m) in &ch.members {
-                    let n = m.conns.of(origin);
-                    if n > 0 {
-                        have_members.push((*app, channel.clone(), key.clone(), n));
+                    if m.conns.of(origin) > 0 {
+                        want.insert((MEMBER, *app, channel.clone(), key.clone()), (0, None));
                     }
                 }
             } else if ch.subs.of(origin) > 0 {
-                have_subs.push((*app, channel.clone(), ch.subs.of(origin)));
+                want.insert((SUBS, *app, channel.clone(), "".into()), (0, None));
             }
         }
-        let mut have_users = Vec::new();
         for ((app, user), u) in &self.users {
             if covers(*app, user) && u.conns.of(origin) > 0 {
-                have_users.push((*app, user.clone(), u.conns.of(origin)));
+                want.insert((USER, *app, user.clone(), "".into()), (0, None));
             }
         }
-        have_subs.sort();
-        have_members.sort();
-        have_users.sort();
-        // Take away what is gone or too much, then add what is missing.
-        for (app, channel, n) in have_subs {
-            let want = subs.get(&(app, channel.clone())).copied().unwrap_or(0);
-            for _ in want..n {
-                let d = Delta::Unsubscribed {
+        for e in entries {
+            let (k, v) = match e {
+                SnapEntry::Subs {
                     app,
-                    channel: channel.clone(),
-                };
-                self.apply(origin, d, now, out);
-            }
-        }
-        for (app, channel, key, n) in have_members {
-            let want = members
-                .get(&(app, channel.clone(), key.clone()))
-                .map_or(0, |(_, c)| *c);
-            for _ in want..n {
-                let d = Delta::Leave {
+                    channel,
+                    count,
+                } => ((SUBS, *app, channel.clone(), "".into()), (*count, None)),
+                SnapEntry::Member {
                     app,
-                    channel: channel.clone(),
-                    user_key: key.clone(),
-                };
-                self.apply(origin, d, now, out);
+                    channel,
+                    member,
+                    conns,
+                } => {
+                    let key = member.key.as_str().into();
+                    (
+                        (1, *app, channel.clone(), key),
+                        (*conns, Some(member.clone())),
+                    )
+                }
+                SnapEntry::User { app, user, conns } => {
+                    ((USER, *app, user.clone(), "".into()), (*conns, None))
+                }
+            };
+            if covers(k.1, &k.2) {
+                want.insert(k, v);
             }
         }
-        for (app, user, n) in have_users {
-            let want = users.get(&(app, user.clone())).copied().unwrap_or(0);
-            for _ in want..n {
-                let d = Delta::SignedOut {
+        // Take away what is gone or too much first, then add what is missing.
+        let mut adds = Vec::new();
+        for ((kind, app, name, key), (wanted, member)) in want {
+            let have = self.held(origin, kind, app, &name, &key);
+            let less = match kind {
+                SUBS => Delta::Unsubscribed {
                     app,
-                    user: user.clone(),
-                };
-                self.apply(origin, d, now, out);
+                    channel: name.clone(),
+                },
+                MEMBER => Delta::Leave {
+                    app,
+                    channel: name.clone(),
+                    user_key: key,
+                },
+                _ => Delta::SignedOut {
+                    app,
+                    user: name.clone(),
+                },
+            };
+            for _ in wanted..have {
+                self.apply(origin, less.clone(), now, out);
             }
+            if wanted <= have {
+                continue;
+            }
+            let more = match (kind, member) {
+                (SUBS, _) => Delta::Subscribed { app, channel: name },
+                (MEMBER, Some(member)) => Delta::RemoteJoin {
+                    app,
+                    channel: name,
+                    member,
+                },
+                (MEMBER, None) => continue, // only entries add members, and they carry one
+                _ => Delta::SignedIn { app, user: name },
+            };
+            adds.extend(std::iter::repeat_n(more, (wanted - have) as usize));
         }
-        let mut subs: Vec<_> = subs.into_iter().collect();
-        subs.sort();
-        for ((app, channel), want) in subs {
-            let n = self
+        for delta in adds {
+            self.apply(origin, delta, now, out);
+        }
+    }
+
+    /// How much `origin` holds of one key: a channel's subscriptions, a member's connections or
+    /// a user's signed-in connections.
+    fn held(&self, origin: Origin, kind: u8, app: AppIdx, name: &Arc<str>, key: &str) -> u32 {
+        match kind {
+            SUBS => self
                 .channels
-                .get(&(app, channel.clone()))
-                .map_or(0, |c| c.subs.of(origin));
-            for _ in n..want {
-                let d = Delta::Subscribed {
-                    app,
-                    channel: channel.clone(),
-                };
-                self.apply(origin, d, now, out);
-            }
-        }
-        let mut members: Vec<_> = members.into_iter().collect();
-        members.sort_by(|a, b| a.0.cmp(&b.0));
-        for ((app, channel, key), (member, want)) in members {
-            let n = self
+                .get(&(app, name.clone()))
+                .map_or(0, |c| c.subs.of(origin)),
+            MEMBER => self
                 .channels
-                .get(&(app, channel.clone()))
-                .and_then(|c| c.members.get(&key))
-                .map_or(0, |m| m.conns.of(origin));
-            for _ in n..want {
-                let d = Delta::RemoteJoin {
-                    app,
-                    channel: channel.clone(),
-                    member: member.clone(),
-                };
-                self.apply(origin, d, now, out);
-            }
-        }
-        let mut users: Vec<_> = users.into_iter().collect();
-        users.sort();
-        for ((app, user), want) in users {
-            let n = self
+                .get(&(app, name.clone()))
+                .and_then(|c| c.members.get(key))
+                .map_or(0, |m| m.conns.of(origin)),
+            _ => self
                 .users
-                .get(&(app, user.clone()))
-                .map_or(0, |u| u.conns.of(origin));
-            for _ in n..want {
-                let d = Delta::SignedIn {
-                    app,
-                    user: user.clone(),
-                };
-                self.apply(origin, d, now, out);
-            }
+                .get(&(app, name.clone()))
+                .map_or(0, |u| u.conns.of(origin)),
         }
     }
 
@@ -918,8 +892,13 @@ impl Home {
     }
 }
 
-/// (app, channel, member key).
-type MemberKey = (AppIdx, Arc<str>, Arc<str>);
+/// What one origin should hold after a snapshot, per (kind, app, channel or user, member key):
+/// a count, and the member to add for presence entries.
+type Wanted = BTreeMap<(u8, AppIdx, Arc<str>, Arc<str>), (u32, Option<Arc<Member>>)>;
+/// Kinds of [`Wanted`] keys.
+const SUBS: u8 = 0;
+const MEMBER: u8 = 1;
+const USER: u8 = 2;
 
 fn snap_key(e: &SnapEntry) -> (AppIdx, &str, &str) {
     match e {

@@ -93,6 +93,8 @@ enum Msg {
 
 /// What crosses the broker, as the cluster side-car sends it.
 enum Wire {
+    /// A heartbeat: only proves the sender alive.
+    Heartbeat,
     Change(Delta),
     Hello,
     Snapshot {
@@ -407,6 +409,7 @@ impl Sim {
                 self.log.push("stalled messages flow again".into());
                 self.stalled.clear();
             }
+            92..=95 => self.heartbeats(),
             _ => self.some_timeout(),
         }
     }
@@ -426,6 +429,14 @@ impl Sim {
         self.broker_up = true;
         for n in self.alive() {
             self.hello(n);
+        }
+    }
+
+    /// Every live node's next heartbeat (they go out every fraction of a second, so a live
+    /// node dropped by mistake is heard again long before anyone could notice).
+    fn heartbeats(&mut self) {
+        for n in self.alive() {
+            self.publish_to_broker(n, || Wire::Heartbeat);
         }
     }
 
@@ -488,6 +499,7 @@ impl Sim {
         }
         let origin = Origin::Node(self.nodes[from].id);
         match msg {
+            Wire::Heartbeat => {}
             Wire::Change(delta) => {
                 let home = self.home_of(to, key_of(&delta));
                 self.nodes[to].shards[home].inbox.push_back(Msg::Home {
@@ -948,6 +960,7 @@ impl Sim {
     /// nodes dropped by every live one, in a random interleaving.
     fn settle(&mut self) -> Check {
         self.stalled.clear();
+        self.heartbeats();
         if !self.broker_up {
             // An outage lasting past node_timeout: everyone drops everyone, then it ends.
             loop {

@@ -5,6 +5,8 @@
 //! expiring silent nodes, and retries with backoff; the outage, the reconnect and the resync are
 //! logged once each.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -148,41 +150,54 @@ impl Sidecar {
         }
         self.local.request_snapshot();
         let beat_ms = (self.timeout_ms / 5).clamp(200, 1000);
+        // Synced once every node heard within two heartbeat periods of the Hello has sent all
+        // of its snapshot pieces (a node that is there answers well within that).
+        let hello_at = started.elapsed().as_millis() as u64;
+        let mut pieces = Pieces::default();
         let mut beat = tokio::time::interval(Duration::from_millis(beat_ms));
         let mut sweep = tokio::time::interval(Duration::from_millis(250));
+        // One pipeline of publishes is in flight at a time (so they reach Redis in order) while
+        // the loop keeps reading other nodes' messages: a slow broker link must not make a
+        // busy node miss its peers' heartbeats. Heartbeats and Hellos wait in `control` and
+        // go out first in the next pipeline.
+        let mut inflight: Option<Pin<Box<dyn Future<Output = redis::RedisResult<()>>>>> = None;
+        let mut control: Vec<Bytes> = Vec::new();
         loop {
             tokio::select! {
+                done = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
+                    inflight = None;
+                    if let Err(e) = done {
+                        return End::Lost(e.to_string());
+                    }
+                }
                 msg = stream.next() => {
                     let Some(msg) = msg else {
                         return End::Lost("subscription closed".into());
                     };
                     let now = started.elapsed().as_millis() as u64;
                     let payload = Bytes::from(msg.get_payload_bytes().to_vec());
-                    if self.inbound(payload, nodes, now) {
+                    if self.inbound(payload, nodes, now, &mut pieces) {
                         // A node this one did not know (new, or back after being dropped):
                         // everyone, that node included, sends its whole state again.
-                        let hello = wire::encode(self.node, &Message::Hello);
-                        if let Err(e) = self.publish(&mut conn, vec![hello]).await {
-                            return End::Lost(e.to_string());
-                        }
+                        control.push(wire::encode(self.node, &Message::Hello));
                         self.local.request_snapshot();
                     }
                 }
-                out = rx.recv() => {
+                out = rx.recv(), if inflight.is_none() => {
                     let Some(first) = out else { return End::Left };
-                    let mut batch = Vec::with_capacity(16);
-                    if let Some(b) = self.outbound(first) {
-                        batch.push(b);
-                    }
+                    let mut batch = std::mem::take(&mut control);
+                    batch.extend(self.outbound(first));
                     while batch.len() < BATCH {
                         match rx.try_recv() {
                             Ok(o) => batch.extend(self.outbound(o)),
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = self.publish(&mut conn, batch).await {
-                        return End::Lost(e.to_string());
-                    }
+                    inflight = Some(Box::pin(self.publish_owned(conn.clone(), batch)));
+                }
+                _ = std::future::ready(()), if inflight.is_none() && !control.is_empty() => {
+                    let batch = std::mem::take(&mut control);
+                    inflight = Some(Box::pin(self.publish_owned(conn.clone(), batch)));
                 }
                 _ = beat.tick() => {
                     let connections = self
@@ -191,18 +206,29 @@ impl Sidecar {
                         .into_iter()
                         .map(|(app, n)| (self.local.app_id(app).to_string(), n))
                         .collect();
-                    let hb = wire::encode(self.node, &Message::Heartbeat { connections });
-                    if let Err(e) = self.publish(&mut conn, vec![hb]).await {
-                        return End::Lost(e.to_string());
-                    }
+                    control.push(wire::encode(self.node, &Message::Heartbeat { connections }));
                 }
                 _ = sweep.tick() => {
                     let now = started.elapsed().as_millis() as u64;
                     for change in nodes.expire(now) {
                         self.node_change(change, nodes);
                     }
+                    if !self.stats.synced.load(Ordering::Relaxed)
+                        && now.saturating_sub(hello_at) >= 2 * beat_ms
+                        && nodes.live().iter().all(|n| *n == self.node || pieces.complete(*n))
+                    {
+                        self.stats.synced.store(true, Ordering::Relaxed);
+                        tracing::info!(
+                            peers = nodes.live().len() - 1,
+                            "cluster state received from every node; ready"
+                        );
+                    }
                 }
                 done = leave.recv() => {
+                    // What is in flight goes first; then the goodbye.
+                    if let Some(f) = inflight.take() {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), f).await;
+                    }
                     let bye = wire::encode(self.node, &Message::Leaving);
                     let _ = tokio::time::timeout(Duration::from_secs(1), self.publish(&mut conn, vec![bye])).await;
                     if let Some(done) = done {
@@ -212,6 +238,15 @@ impl Sidecar {
                 }
             }
         }
+    }
+
+    /// [`Sidecar::publish`] on its own connection handle, for a pipeline kept in flight.
+    async fn publish_owned(
+        &self,
+        mut conn: redis::aio::MultiplexedConnection,
+        batch: Vec<Bytes>,
+    ) -> redis::RedisResult<()> {
+        self.publish(&mut conn, batch).await
     }
 
     async fn publish(
@@ -265,12 +300,14 @@ impl Sidecar {
                 frame,
                 except,
                 cache_data,
+                cache_stamp,
             } => Message::Publish {
                 app: id(app),
                 channel: channel.to_string(),
                 frame,
                 except: except.map(|e| e.to_string()),
                 cache_data: cache_data.map(|c| c.to_string()),
+                cache_stamp,
             },
             Outbound::ToUser {
                 app,
@@ -308,7 +345,7 @@ impl Sidecar {
     }
 
     /// Handles one broker message; true when it came from a node not known until now.
-    fn inbound(&self, payload: Bytes, nodes: &mut Nodes, now: u64) -> bool {
+    fn inbound(&self, payload: Bytes, nodes: &mut Nodes, now: u64, seen: &mut Pieces) -> bool {
         let (from, msg) = match wire::decode(payload) {
             Ok(m) => m,
             Err(e) => {
@@ -346,11 +383,13 @@ impl Sidecar {
                 frame,
                 except,
                 cache_data,
+                cache_stamp,
             } => {
                 if let Some(a) = app(&a) {
                     let except = except.map(Arc::from);
                     let cache = cache_data.map(Arc::from);
-                    self.local.publish(a, channel.into(), frame, except, cache);
+                    let local = &self.local;
+                    local.publish(a, channel.into(), frame, except, cache, cache_stamp);
                 }
             }
             Message::ToUser {
@@ -382,6 +421,7 @@ impl Sidecar {
                 if pieces == 0 || piece >= pieces {
                     return joined;
                 }
+                seen.add(from, piece, pieces);
                 let entries: Vec<SnapEntry> = entries
                     .into_iter()
                     .filter_map(|e| from_entry(e, &app))
@@ -428,6 +468,24 @@ impl Sidecar {
         self.stats
             .remote_connections
             .store(total, Ordering::Relaxed);
+    }
+}
+
+/// Which snapshot pieces each node has sent since this node's Hello.
+#[derive(Default)]
+struct Pieces(std::collections::BTreeMap<NodeId, (u16, std::collections::BTreeSet<u16>)>);
+
+impl Pieces {
+    fn add(&mut self, node: NodeId, piece: u16, of: u16) {
+        let e = self.0.entry(node).or_insert((of, Default::default()));
+        e.0 = of;
+        e.1.insert(piece);
+    }
+
+    fn complete(&self, node: NodeId) -> bool {
+        self.0
+            .get(&node)
+            .is_some_and(|(of, got)| got.len() == *of as usize)
     }
 }
 

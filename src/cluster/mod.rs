@@ -37,6 +37,8 @@ pub enum Outbound {
         except: Option<Arc<str>>,
         /// Raw `data` for cache channels.
         cache_data: Option<Arc<str>>,
+        /// When a cache event was published (Unix µs).
+        cache_stamp: u64,
     },
     /// A frame for a user's connections on the other nodes.
     ToUser {
@@ -77,6 +79,7 @@ pub trait Local: Send + Sync + 'static {
         frame: Bytes,
         except: Option<Arc<str>>,
         cache_data: Option<Arc<str>>,
+        cache_stamp: u64,
     );
     /// Sends a frame to this node's connections of a user.
     fn to_user(&self, app: AppIdx, user: Arc<str>, frame: Bytes, except: Option<Arc<str>>);
@@ -115,6 +118,8 @@ pub struct ClusterStats {
     pub nodes_dropped: AtomicU64,
     /// Whether the broker is reachable now.
     pub connected: AtomicBool,
+    /// Whether the first exchange of state with the other nodes is complete.
+    pub synced: AtomicBool,
     /// Other live nodes.
     pub peers: AtomicU64,
     /// Open connections on other nodes, summed over apps.

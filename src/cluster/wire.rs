@@ -120,6 +120,8 @@ pub enum Message {
         except: Option<String>,
         /// Raw `data` for cache channels.
         cache_data: Option<String>,
+        /// When a cache event was published (Unix µs).
+        cache_stamp: u64,
     },
     /// A frame for every connection signed in as a user.
     ToUser {
@@ -238,12 +240,14 @@ pub fn encode(node: NodeId, msg: &Message) -> Bytes {
             frame,
             except,
             cache_data,
+            cache_stamp,
         } => {
             w.str(app);
             w.str(channel);
             w.bytes(frame);
             w.opt(except.as_deref());
             w.opt(cache_data.as_deref());
+            w.0.put_u64(*cache_stamp);
         }
         Message::ToUser {
             app,
@@ -436,6 +440,7 @@ pub fn decode(buf: Bytes) -> Result<(NodeId, Message), WireError> {
             frame: r.bytes()?,
             except: r.opt()?,
             cache_data: r.opt()?,
+            cache_stamp: r.u64()?,
         },
         TO_USER => Message::ToUser {
             app: r.str()?,
@@ -534,6 +539,7 @@ mod tests {
                 frame: Bytes::from_static(b"\x81\x02{}"),
                 except: Some("1.2".into()),
                 cache_data: None,
+                cache_stamp: 17,
             },
             Message::ToUser {
                 app: "app".into(),
@@ -703,17 +709,21 @@ mod tests {
                     text(),
                     frame(),
                     proptest::option::of(text()),
-                    proptest::option::of(text())
+                    proptest::option::of(text()),
+                    any::<u64>()
                 )
-                    .prop_map(|(app, channel, frame, except, cache_data)| {
-                        Message::Publish {
-                            app,
-                            channel,
-                            frame,
-                            except,
-                            cache_data,
+                    .prop_map(
+                        |(app, channel, frame, except, cache_data, cache_stamp)| {
+                            Message::Publish {
+                                app,
+                                channel,
+                                frame,
+                                except,
+                                cache_data,
+                                cache_stamp,
+                            }
                         }
-                    }),
+                    ),
                 (text(), text(), frame(), proptest::option::of(text())).prop_map(
                     |(app, user, frame, except)| Message::ToUser {
                         app,

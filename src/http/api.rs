@@ -9,7 +9,7 @@ use sonic_rs::{JsonValueTrait, LazyValue};
 
 use super::request::Request;
 use super::response::Response;
-use super::service::Service;
+use super::service::{Health, Service};
 use crate::auth;
 use crate::channels::home::ChannelFacts;
 use crate::ids::{AppIdx, SocketId};
@@ -21,16 +21,25 @@ use crate::protocol::{encode, json};
 pub async fn handle(svc: &impl Service, req: &Request) -> Response {
     let path = req.path.as_str();
     match (req.method.as_str(), path) {
-        ("GET", "/up") | ("GET", "/") | ("GET", "/ready") => {
-            if svc.shutting_down() {
-                Response::error(503, "shutting down")
-            } else {
-                Response::json(200, "{\"status\":\"ok\"}")
-            }
-        }
-        ("GET", "/metrics") => Response::text(200, "text/plain; version=0.0.4", svc.metrics_text()),
+        ("GET", "/up") | ("GET", "/") | ("GET", "/ready") => health(svc, path),
+        ("GET", "/metrics") if svc.server().metrics_port == 0 => health(svc, path),
         _ if path.starts_with("/apps/") => api(svc, req).await,
         ("POST", _) if path.starts_with("/users/") => unprefixed_terminate(svc, req).await,
+        _ => Response::error(404, "Not found"),
+    }
+}
+
+/// `/up` (alive), `/ready` (alive, not draining, and holding the cluster's state) and
+/// `/metrics`; on the main port and on the metrics listener alike.
+pub fn health(h: &impl Health, path: &str) -> Response {
+    match path {
+        "/metrics" => Response::text(200, "text/plain; version=0.0.4", h.metrics_text()),
+        _ if h.shutting_down() => Response::error(503, "shutting down"),
+        "/ready" if !h.synced() => Response::error(
+            503,
+            "joining the cluster: waiting for the other nodes' state",
+        ),
+        "/up" | "/" | "/ready" => Response::json(200, "{\"status\":\"ok\"}"),
         _ => Response::error(404, "Not found"),
     }
 }

@@ -54,9 +54,15 @@ impl Request {
 pub enum Parsed {
     /// More bytes are needed.
     Partial,
-    /// The head is complete but the body is not: the whole request is this many bytes, so
-    /// there is no point parsing again before they are all in.
-    NeedBody(usize),
+    /// The head is complete but the body is not: the whole request is `total` bytes, so there
+    /// is no point parsing again before they are all in; `body` of them are the body (its
+    /// Content-Length).
+    NeedBody {
+        /// Head and body.
+        total: usize,
+        /// The body alone.
+        body: usize,
+    },
     /// A request, and how many bytes it used.
     Complete(Box<Request>, usize),
     /// A malformed or oversized request: answer with this status and close.
@@ -120,7 +126,10 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
         return Parsed::Error(413, "request body too large");
     }
     if buf.len() < head_len + len {
-        return Parsed::NeedBody(head_len + len);
+        return Parsed::NeedBody {
+            total: head_len + len,
+            body: len,
+        };
     }
     out.body = buf[head_len..head_len + len].to_vec();
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -194,7 +203,7 @@ mod tests {
         ));
         assert!(matches!(
             parse(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", 10),
-            Parsed::NeedBody(43)
+            Parsed::NeedBody { total: 43, body: 5 }
         ));
         assert!(matches!(
             parse(b"\x00\x01 junk\r\n\r\n", 10),

@@ -19,10 +19,23 @@ pub struct CachedEvent {
     pub ttl_secs: u64,
 }
 
+/// Health and metrics: what the main port and the separate metrics listener both answer.
+pub trait Health {
+    /// Whether a graceful shutdown has started (readiness answers 503).
+    fn shutting_down(&self) -> bool;
+    /// Whether this node holds the cluster's state: always on a single node; in a cluster once
+    /// the first exchange of state with the other nodes is complete (and from then on, through
+    /// broker outages too, since the node serves its own clients meanwhile).
+    fn synced(&self) -> bool;
+    /// The Prometheus exposition of every metric.
+    fn metrics_text(&self) -> String;
+}
+
+// The futures run on one shard's thread: no Send bound wanted.
+#[allow(async_fn_in_trait)]
 /// What the HTTP API asks of the server. Queries are async because facts live on other shards
 /// (and, in a cluster, other nodes); publishes never wait.
-#[allow(async_fn_in_trait)] // the futures run on one shard's thread: no Send bound wanted
-pub trait Service {
+pub trait Service: Health {
     /// The `[server]` settings.
     fn server(&self) -> &ServerConfig;
     /// An app's settings.
@@ -31,8 +44,6 @@ pub trait Service {
     fn app_by_id(&self, id: &str) -> Option<AppIdx>;
     /// The app with this key (`auth_key`).
     fn app_by_key(&self, key: &str) -> Option<AppIdx>;
-    /// Whether a graceful shutdown has started (readiness answers 503).
-    fn shutting_down(&self) -> bool;
     /// Sends an encoded frame to a channel's subscribers everywhere, except `except`; a cache
     /// channel keeps `cache_data` for late subscribers. False when some shard was too busy to
     /// take it.
@@ -59,6 +70,4 @@ pub trait Service {
     async fn connection_count(&self, app: AppIdx) -> usize;
     /// A cache channel's last event, if it has not expired.
     fn cached_event(&self, app: AppIdx, channel: &str) -> Option<CachedEvent>;
-    /// The Prometheus exposition of every metric.
-    fn metrics_text(&self) -> String;
 }

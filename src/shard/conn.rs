@@ -73,8 +73,12 @@ pub struct Conn {
     pub auth_deadline: Option<u64>,
     /// Client events per second (`client_event_rate`).
     pub rate: RateWindow,
-    /// Messages of any kind (`max_messages_per_second`, `max_message_burst`).
+    /// Messages of any kind, control frames included (`max_messages_per_second`,
+    /// `max_message_burst`).
     pub tokens: TokenBucket,
+    /// Control frames refused for want of tokens, per second: too many and the connection is
+    /// closed (4301).
+    pub control_refused: RateWindow,
     /// Bytes of an incomplete frame; empty (no allocation) between frames.
     pub partial: Vec<u8>,
     /// A fragmented message being assembled.
@@ -89,9 +93,14 @@ impl Conn {
         self.out.try_queue(frame, limit)
     }
 
+    /// Queues a pong like [`Conn::queue`], replacing a pong still waiting unsent.
+    pub fn queue_pong(&mut self, frame: Bytes, limit: usize) -> Result<Queued, NeedsFlush> {
+        self.out.try_queue_pong(frame, limit)
+    }
+
     /// Queues a frame handed back by [`Conn::queue`] once the socket was flushed.
-    pub fn queue_after_flush(&mut self, frame: Bytes, limit: usize) -> Queued {
-        self.out.queue_after_flush(frame, limit)
+    pub fn queue_after_flush(&mut self, retry: NeedsFlush, limit: usize) -> Queued {
+        self.out.queue_after_flush(retry, limit)
     }
 
     /// Starts closing (see [`Outbound::start_close`]). Returns true when the connection must be

@@ -27,6 +27,7 @@ impl Shard {
                         frame,
                         except,
                         cache_data: None,
+                        cache_stamp: 0,
                         essential: true,
                     });
                 }

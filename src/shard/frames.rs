@@ -10,6 +10,7 @@ use super::state::{flush_dirty, State};
 use super::{pusher, Shard};
 use crate::ids::ConnKey;
 use crate::metrics::ShardMetrics;
+use crate::protocol::codes;
 use crate::ws::codec::{self, close, Header, OpCode};
 
 /// Reads everything available on a readable connection. Returns false at end-of-file.
@@ -100,15 +101,16 @@ pub fn process(shard: &Shard, st: &mut State, key: ConnKey, data: &mut [u8]) {
 /// Handles one frame; false when the connection is now closing.
 fn on_frame(shard: &Shard, st: &mut State, key: ConnKey, h: Header, payload: &mut [u8]) -> bool {
     let max = shard.shared.config.server.max_message_size;
+    // Control frames cost budget and their pongs are coalesced: see `control`.
+    if matches!(h.opcode, OpCode::Ping | OpCode::Pong) {
+        return control(shard, st, key, h.opcode, payload);
+    }
     let Some(conn) = st.conns.get_mut(key) else {
         return false;
     };
     match step(&mut conn.fragments, &h, payload, max) {
-        FrameStep::Pong(body) => {
-            shard.send_to(st, key, codec::encode(OpCode::Pong, body));
-            true
-        }
-        FrameStep::Wait => true,
+        // Pings were answered above; `step` alone (as the fuzz target drives it) answers them.
+        FrameStep::Pong(_) | FrameStep::Wait => true,
         FrameStep::Message(msg) => text(shard, st, key, &msg),
         FrameStep::Close(code, reason) => {
             shard.close(st, key, code, reason, Notice::CloseFrameOnly);
@@ -180,6 +182,36 @@ pub fn step<'a>(
             }
         }
     }
+}
+
+/// A ping or a pong. Control frames draw from the connection's message budget (the token
+/// bucket of `max_messages_per_second` and `max_message_burst`) like text messages, so a flood
+/// of them costs a bounded amount of work and output. A ping within the budget is answered; its
+/// pong replaces one still waiting unsent, so a client that pings and never reads holds one
+/// queued pong. A control frame over the budget gets no answer (a `pusher:error` for each, as
+/// a refused text message gets, would be the very output a flood wants); a connection that
+/// keeps sending them, more refused in one second than `max_messages_per_second`, is closed with
+/// `pusher:error` and close code 4301. Returns false when the connection is now closing.
+fn control(shard: &Shard, st: &mut State, key: ConnKey, opcode: OpCode, payload: &[u8]) -> bool {
+    let cfg = &shard.shared.config.server;
+    let (rate, burst) = (cfg.max_messages_per_second, cfg.max_message_burst);
+    let now = shard.now_ms();
+    let Some(conn) = st.conns.get_mut(key) else {
+        return false;
+    };
+    if conn.tokens.take(now, rate, burst) {
+        if opcode == OpCode::Ping {
+            shard.send_pong(st, key, codec::encode(OpCode::Pong, payload));
+        }
+        return true;
+    }
+    if conn.control_refused.admit(now, rate) {
+        return true; // over the budget: dropped unanswered
+    }
+    let reason = "Too many control frames: slow down";
+    let code = codes::CLIENT_EVENT_REJECTED;
+    shard.close(st, key, code, reason, Notice::WithPusherError);
+    false
 }
 
 fn text(shard: &Shard, st: &mut State, key: ConnKey, payload: &[u8]) -> bool {

@@ -1,10 +1,12 @@
 //! Thread-per-core shards: each pinned thread runs its own monoio runtime, its own SO_REUSEPORT
 //! listener, its connections and its slice of home-shard facts.
 
+mod bodies;
 mod conn;
 mod effects;
 pub(crate) mod frames;
 mod inbox;
+mod metrics_port;
 mod outbound;
 mod pusher;
 mod rate;
@@ -87,6 +89,8 @@ pub(crate) struct Shard {
     pub state: RefCell<State>,
     /// Read buffer shared by every connection of the shard.
     pub scratch: RefCell<Vec<u8>>,
+    /// Bytes reserved by HTTP request bodies being received (`max_pending_body_bytes`).
+    pub bodies: bodies::BodyBudget,
 }
 
 impl Shard {
@@ -125,8 +129,30 @@ const SHARD_STACK: usize = 8 << 20;
 pub struct Server {
     /// The address every shard listens on.
     pub addr: SocketAddr,
+    /// The metrics listener's address, when `server.metrics_port` is set.
+    pub metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Reads a running server's liveness and load (for the service manager).
+pub struct Probe(Arc<Shared>);
+
+impl Probe {
+    /// How many times each shard's timer sweep has run: a shard whose count stops moving is
+    /// stuck (its event loop is not turning).
+    pub fn loop_turns(&self) -> Vec<u64> {
+        let turns = self.0.metrics.iter();
+        turns
+            .map(|m| m.loop_turns.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Open WebSocket connections on this node, over all apps.
+    pub fn connections(&self) -> usize {
+        let counts = self.0.app_connections.iter();
+        counts.map(|c| c.load(Ordering::Relaxed)).sum()
+    }
 }
 
 /// Size of the per-shard read buffer.
@@ -162,6 +188,7 @@ impl Server {
             config,
         });
         let _ = cell.set(shared.clone());
+        let metrics_addr = metrics_port::start(&shared)?;
         tracing::info!(
             shards,
             driver = if uring { "io_uring" } else { "epoll (legacy)" },
@@ -209,6 +236,7 @@ impl Server {
         }
         Ok(Server {
             addr,
+            metrics_addr,
             shared,
             threads,
         })
@@ -226,6 +254,11 @@ impl Server {
                 self.shared.bus.send(ShardId(i as u16), BusMsg::Shutdown);
             }
         }
+    }
+
+    /// A handle that reads the server's liveness and load from another thread.
+    pub fn probe(&self) -> Probe {
+        Probe(self.shared.clone())
     }
 
     /// Waits for every shard thread to finish, then lets the webhook side-car deliver what is
@@ -285,6 +318,7 @@ fn run_shard(
         })
         .collect();
     let in_cluster = shared.cluster.is_some();
+    let max_pending_body_bytes = shared.config.server.max_pending_body_bytes;
     let first_nodes = Arc::new(if in_cluster {
         vec![shared.node]
     } else {
@@ -303,6 +337,7 @@ fn run_shard(
             shared,
             state: RefCell::new(State::new(rules, in_cluster, first_nodes)),
             scratch: RefCell::new(vec![0u8; SCRATCH_BYTES]),
+            bodies: bodies::BodyBudget::new(max_pending_body_bytes),
         });
         let _ = ready.send(Ok(()));
         monoio::spawn(inbox::run(shard.clone()));

@@ -5,6 +5,7 @@
 //! socket.
 
 use std::collections::VecDeque;
+use std::mem::size_of;
 
 use bytes::{Buf, Bytes};
 
@@ -14,13 +15,42 @@ use crate::ws::codec;
 /// Ring slots an empty queue may keep; a burst that grew it beyond this gives the memory back.
 const SPARE_FRAMES: usize = 16;
 
+/// What one queued frame holds beyond its bytes, charged to the outbound budget with them, so
+/// that many tiny frames cannot hold far more memory than the budget says. Rough, from the
+/// entry types (glibc on 64-bit):
+///
+/// - its ring slot: a `Bytes` (`size_of::<Bytes>()`, 32 bytes), and up to as much again while
+///   the ring, which doubles, is at most half full;
+/// - its buffer's allocation rounding: a frame made for this connection alone (a pong, a
+///   `pusher:error`) is a small allocation of its own, rounded up to 16 bytes with an 8-byte
+///   header, at least 32 bytes (a 2-byte pong takes 32);
+/// - the 24-byte header (a 32-byte allocation) that `Bytes` adds to share a buffer with room
+///   to spare, as every frame `codec::encode` builds has (room for the longest header).
+///
+/// That is 2 x 32 + 32 + 32 = 128 bytes. A fan-out frame shares its buffer with the shard's
+/// other subscribers, but a slow consumer may be the last one holding it, so it is charged the
+/// same.
+pub const FRAME_OVERHEAD: usize = 2 * size_of::<Bytes>() + 64;
+
 /// Frames waiting to be sent, front first, with their total size kept in step on every change.
 /// The front frame may be partly sent already (it is advanced in place), so it is never dropped
 /// on its own.
+///
+/// At most one pong waits unsent: a newer one takes the place of the one queued (RFC 6455
+/// 5.5.3 lets an endpoint answer only the most recent ping), unless that one is partly on the
+/// wire already.
 #[derive(Debug, Default)]
 pub struct OutQueue {
     frames: VecDeque<Bytes>,
+    /// Unsent bytes.
     bytes: usize,
+    /// Frames that left the front since the queue was made: a frame's position counted this
+    /// way stays the same while the frames ahead of it leave.
+    popped: u64,
+    /// Position (counted like `popped`) of the queued pong, if one is queued.
+    pong: Option<u64>,
+    /// Whether the front frame is partly sent.
+    front_started: bool,
 }
 
 impl OutQueue {
@@ -30,14 +60,48 @@ impl OutQueue {
         self.frames.push_back(frame);
     }
 
+    /// Puts `frame` in the place of the pong waiting unsent, if there is one and it is not
+    /// partly on the wire; else hands `frame` back.
+    pub fn replace_pong(&mut self, frame: Bytes) -> Result<(), Bytes> {
+        let Some(at) = self.pong else {
+            return Err(frame);
+        };
+        let i = (at - self.popped) as usize;
+        if i == 0 && self.front_started {
+            return Err(frame);
+        }
+        let old = std::mem::replace(&mut self.frames[i], frame);
+        self.bytes = self.bytes - old.len() + self.frames[i].len();
+        Ok(())
+    }
+
+    /// Appends a pong, which newer pongs then replace while it waits.
+    pub fn push_pong(&mut self, frame: Bytes) {
+        self.push(frame);
+        self.pong = Some(self.popped + self.frames.len() as u64 - 1);
+    }
+
     /// Bytes still to send, counting only the unsent part of the front frame.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// What the queue holds for the outbound budget: the unsent bytes plus
+    /// [`FRAME_OVERHEAD`] per frame.
+    pub fn cost(&self) -> usize {
+        self.bytes + self.frames.len() * FRAME_OVERHEAD
     }
 
     /// Whether everything was sent.
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
+    }
+
+    /// Whether a pong waits in the queue.
+    #[cfg(test)]
+    pub fn has_pong(&self) -> bool {
+        self.pong.is_some()
     }
 
     /// The unsent bytes, frame by frame, front first: what a gather-send hands to the kernel.
@@ -53,13 +117,25 @@ impl OutQueue {
             if front.len() <= sent {
                 sent -= front.len();
                 self.bytes -= front.len();
-                self.frames.pop_front();
+                self.pop_front();
             } else {
-                front.advance(sent);
-                self.bytes -= sent;
+                if sent > 0 {
+                    front.advance(sent);
+                    self.bytes -= sent;
+                    self.front_started = true;
+                }
                 break;
             }
         }
+    }
+
+    fn pop_front(&mut self) {
+        self.frames.pop_front();
+        if self.pong == Some(self.popped) {
+            self.pong = None;
+        }
+        self.popped += 1;
+        self.front_started = false;
     }
 
     /// Drops every frame behind the front one. The front frame may be partly on the wire
@@ -67,12 +143,18 @@ impl OutQueue {
     pub fn keep_front(&mut self) {
         self.frames.truncate(1);
         self.bytes = self.frames.front().map_or(0, |b| b.len());
+        if self.pong != Some(self.popped) || self.frames.is_empty() {
+            self.pong = None;
+        }
     }
 
     /// Drops everything (the socket is gone).
     pub fn clear(&mut self) {
+        self.popped += self.frames.len() as u64;
         self.frames.clear();
         self.bytes = 0;
+        self.pong = None;
+        self.front_started = false;
     }
 
     /// Gives back a ring that a burst left large, once it is empty: idle connections should not
@@ -150,12 +232,17 @@ pub enum Queued {
     Closing,
 }
 
-/// A frame [`Outbound::try_queue`] could not queue within the budget while what is queued might
-/// still go to the kernel. The caller flushes the connection's queue, then hands the frame to
-/// [`Outbound::queue_after_flush`]: a burst queued within one batch is sent before the
-/// connection is judged slow.
+/// A frame [`Outbound::try_queue`] (or [`Outbound::try_queue_pong`]) could not queue within
+/// the budget while what is queued might still go to the kernel. The caller flushes the
+/// connection's queue, then hands it back to [`Outbound::queue_after_flush`]: a burst queued
+/// within one batch is sent before the connection is judged slow.
 #[derive(Debug, PartialEq, Eq)]
-pub struct NeedsFlush(pub Bytes);
+pub struct NeedsFlush {
+    /// The frame.
+    pub frame: Bytes,
+    /// Whether it is a pong (which replaces a waiting one).
+    pong: bool,
+}
 
 /// A connection's outbound state.
 #[derive(Debug, Default)]
@@ -171,33 +258,57 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// Queues a frame if it fits in `limit` bytes with what is waiting. Over the limit, the
-    /// frame comes back as [`NeedsFlush`] when a flush could make room (no writer task is
-    /// already waiting on a full socket), else the answer is [`Queued::Overflow`].
+    /// Queues a frame if it fits in `limit` bytes with what is waiting, each frame counted with
+    /// [`FRAME_OVERHEAD`]. Over the limit, the frame comes back as [`NeedsFlush`] when a flush
+    /// could make room (no writer task is already waiting on a full socket), else the answer is
+    /// [`Queued::Overflow`].
     pub fn try_queue(&mut self, frame: Bytes, limit: usize) -> Result<Queued, NeedsFlush> {
-        if self.closing.is_closing() {
-            return Ok(Queued::Closing);
-        }
-        if self.fits(&frame, limit) {
-            return Ok(self.push(frame));
-        }
-        if self.writer_active {
-            return Ok(Queued::Overflow);
-        }
-        Err(NeedsFlush(frame))
+        self.offer(frame, false, limit)
+    }
+
+    /// Queues a pong as [`Outbound::try_queue`] does a frame, except that a pong still waiting
+    /// unsent is replaced instead (RFC 6455 5.5.3: only the most recent ping needs an answer),
+    /// so a ping flood holds one queued pong however many pings arrive. Taking another's place
+    /// is not judged against the budget: the queue keeps its length, and a pong is at most 127
+    /// bytes.
+    pub fn try_queue_pong(&mut self, frame: Bytes, limit: usize) -> Result<Queued, NeedsFlush> {
+        self.offer(frame, true, limit)
     }
 
     /// Second try after [`NeedsFlush`] and a flush: queues the frame if it fits now, else the
     /// connection overflowed.
-    pub fn queue_after_flush(&mut self, frame: Bytes, limit: usize) -> Queued {
+    pub fn queue_after_flush(&mut self, retry: NeedsFlush, limit: usize) -> Queued {
+        let NeedsFlush { frame, pong } = retry;
+        match self.offer(frame, pong, limit) {
+            Ok(queued) => queued,
+            Err(_) => Queued::Overflow,
+        }
+    }
+
+    fn offer(&mut self, frame: Bytes, pong: bool, limit: usize) -> Result<Queued, NeedsFlush> {
         if self.closing.is_closing() {
-            return Queued::Closing;
+            return Ok(Queued::Closing);
         }
-        if self.fits(&frame, limit) {
-            self.push(frame)
+        let frame = if pong {
+            match self.queue.replace_pong(frame) {
+                Ok(()) => return Ok(self.mark_dirty()),
+                Err(frame) => frame,
+            }
         } else {
-            Queued::Overflow
+            frame
+        };
+        if self.fits(&frame, limit) {
+            if pong {
+                self.queue.push_pong(frame);
+            } else {
+                self.queue.push(frame);
+            }
+            return Ok(self.mark_dirty());
         }
+        if self.writer_active {
+            return Ok(Queued::Overflow);
+        }
+        Err(NeedsFlush { frame, pong })
     }
 
     /// Starts closing at `now`: what is waiting is kept or dropped per `backlog`, then the
@@ -243,12 +354,7 @@ impl Outbound {
     }
 
     fn fits(&self, frame: &Bytes, limit: usize) -> bool {
-        self.queue.bytes() + frame.len() <= limit
-    }
-
-    fn push(&mut self, frame: Bytes) -> Queued {
-        self.queue.push(frame);
-        self.mark_dirty()
+        self.queue.cost() + frame.len() + FRAME_OVERHEAD <= limit
     }
 
     /// Output is pending: lists the connection as dirty unless it is, or a writer task will
@@ -265,6 +371,7 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ws::codec::OpCode;
 
     fn frame(n: usize) -> Bytes {
         Bytes::from((0..n).map(|i| i as u8).collect::<Vec<u8>>())
@@ -342,13 +449,40 @@ mod tests {
         assert!(q.frames.capacity() <= SPARE_FRAMES);
     }
 
+    /// Two frames' worth of overhead: budgets in these tests are written as bytes plus this.
+    const O2: usize = 2 * FRAME_OVERHEAD;
+
+    #[test]
+    fn each_frame_is_charged_its_overhead() {
+        let mut q = OutQueue::default();
+        assert_eq!(q.cost(), 0);
+        q.push(frame(10));
+        q.push(frame(2));
+        assert_eq!(q.cost(), 12 + 2 * FRAME_OVERHEAD);
+        q.consume(11); // the first leaves, the second is partly sent
+        assert_eq!(q.cost(), 1 + FRAME_OVERHEAD);
+        // Sized from the entry types: a ring slot (and its doubling) plus allocation headers.
+        assert!(FRAME_OVERHEAD >= 2 * size_of::<Bytes>() + 32);
+
+        // Tiny frames fill the budget by their count, not their bytes: 2-byte pongs in a
+        // 64 KiB budget (the smallest allowed) fit about 500 times, not 32,768 times.
+        let mut o = Outbound::default();
+        let mut n = 0;
+        while let Ok(Queued::NewlyDirty | Queued::Added) = o.try_queue(frame(2), 65_536) {
+            n += 1;
+        }
+        assert_eq!(n, 65_536 / (2 + FRAME_OVERHEAD));
+        assert!(o.queue.cost() <= 65_536);
+    }
+
     #[test]
     fn queueing_within_the_budget_marks_dirty_once() {
         let mut o = Outbound::default();
-        assert_eq!(o.try_queue(frame(10), 100), Ok(Queued::NewlyDirty));
+        assert_eq!(o.try_queue(frame(10), 100 + O2), Ok(Queued::NewlyDirty));
         assert!(o.dirty);
-        assert_eq!(o.try_queue(frame(90), 100), Ok(Queued::Added));
+        assert_eq!(o.try_queue(frame(90), 100 + O2), Ok(Queued::Added));
         assert_eq!(o.queue.bytes(), 100);
+        assert_eq!(o.queue.cost(), 100 + O2);
     }
 
     #[test]
@@ -357,51 +491,149 @@ mod tests {
             writer_active: true,
             ..Outbound::default()
         };
-        assert_eq!(o.try_queue(frame(10), 100), Ok(Queued::Added));
+        assert_eq!(o.try_queue(frame(10), 100 + O2), Ok(Queued::Added));
         assert!(!o.dirty);
     }
 
     #[test]
     fn over_budget_asks_for_a_flush_first_then_judges() {
+        let limit = 100 + O2;
         let mut o = Outbound::default();
-        o.try_queue(frame(80), 100).unwrap();
+        o.try_queue(frame(80), limit).unwrap();
         let f = frame(30);
-        let Err(NeedsFlush(back)) = o.try_queue(f.clone(), 100) else {
+        let Err(back) = o.try_queue(f.clone(), limit) else {
             panic!("expected a flush request");
         };
-        assert_eq!(back, f, "the frame comes back untouched");
+        assert_eq!(back.frame, f, "the frame comes back untouched");
         assert_eq!(o.queue.bytes(), 80, "nothing queued yet");
 
         // The kernel took 60 bytes: now it fits.
         o.queue.consume(60);
-        assert_eq!(o.queue_after_flush(back, 100), Queued::Added);
+        assert_eq!(o.queue_after_flush(back, limit), Queued::Added);
         assert_eq!(o.queue.bytes(), 50);
 
         // The kernel took nothing: overflow.
         let mut o = Outbound::default();
-        o.try_queue(frame(80), 100).unwrap();
-        let Err(NeedsFlush(back)) = o.try_queue(frame(30), 100) else {
+        o.try_queue(frame(80), limit).unwrap();
+        let Err(back) = o.try_queue(frame(30), limit) else {
             panic!("expected a flush request");
         };
-        assert_eq!(o.queue_after_flush(back, 100), Queued::Overflow);
+        assert_eq!(o.queue_after_flush(back, limit), Queued::Overflow);
         assert_eq!(o.queue.bytes(), 80);
     }
 
     #[test]
     fn over_budget_with_a_writer_waiting_overflows_at_once() {
         let mut o = Outbound::default();
-        o.try_queue(frame(80), 100).unwrap();
+        o.try_queue(frame(80), 100 + O2).unwrap();
         o.writer_active = true;
-        assert_eq!(o.try_queue(frame(30), 100), Ok(Queued::Overflow));
+        assert_eq!(o.try_queue(frame(30), 100 + O2), Ok(Queued::Overflow));
     }
 
     #[test]
     fn a_frame_bigger_than_the_budget_never_fits() {
         let mut o = Outbound::default();
-        let Err(NeedsFlush(back)) = o.try_queue(frame(101), 100) else {
+        let Err(back) = o.try_queue(frame(101), 100 + FRAME_OVERHEAD) else {
             panic!("expected a flush request");
         };
-        assert_eq!(o.queue_after_flush(back, 100), Queued::Overflow);
+        assert_eq!(
+            o.queue_after_flush(back, 100 + FRAME_OVERHEAD),
+            Queued::Overflow
+        );
+        // With its overhead, exactly the budget fits.
+        let mut o = Outbound::default();
+        assert_eq!(
+            o.try_queue(frame(100), 100 + FRAME_OVERHEAD),
+            Ok(Queued::NewlyDirty)
+        );
+    }
+
+    fn pong(tag: u8) -> Bytes {
+        codec::encode(OpCode::Pong, &[tag])
+    }
+
+    fn queued(o: &Outbound) -> Vec<Vec<u8>> {
+        o.queue.frames().map(<[u8]>::to_vec).collect()
+    }
+
+    #[test]
+    fn a_waiting_pong_is_replaced_by_the_newest() {
+        let limit = 1 << 20;
+        let mut o = Outbound::default();
+        o.try_queue(frame(5), limit).unwrap();
+        assert_eq!(o.try_queue_pong(pong(1), limit), Ok(Queued::Added));
+        o.try_queue(frame(3), limit).unwrap();
+        for tag in 2..=50 {
+            assert_eq!(o.try_queue_pong(pong(tag), limit), Ok(Queued::Added));
+        }
+        // One pong, in the place of the first, answering the latest ping.
+        assert_eq!(
+            queued(&o),
+            [frame(5).to_vec(), pong(50).to_vec(), frame(3).to_vec()]
+        );
+        assert_eq!(o.queue.bytes(), 5 + pong(50).len() + 3);
+        assert_eq!(o.queue.cost(), o.queue.bytes() + 3 * FRAME_OVERHEAD);
+
+        // Once it is sent, the next pong is queued anew.
+        o.queue.consume(5 + pong(50).len());
+        assert!(!o.queue.has_pong());
+        o.try_queue_pong(pong(51), limit).unwrap();
+        assert_eq!(queued(&o), [frame(3).to_vec(), pong(51).to_vec()]);
+        o.try_queue_pong(pong(52), limit).unwrap();
+        assert_eq!(queued(&o), [frame(3).to_vec(), pong(52).to_vec()]);
+    }
+
+    #[test]
+    fn a_partly_sent_pong_is_not_replaced() {
+        let limit = 1 << 20;
+        let mut o = Outbound::default();
+        o.try_queue_pong(pong(1), limit).unwrap();
+        o.queue.consume(1); // one byte of it is on the wire
+        o.try_queue_pong(pong(2), limit).unwrap();
+        o.try_queue_pong(pong(3), limit).unwrap();
+        assert_eq!(queued(&o), [pong(1)[1..].to_vec(), pong(3).to_vec()]);
+        // The rest of the first goes: the second is the one replaced now.
+        o.queue.consume(pong(1).len() - 1);
+        o.try_queue_pong(pong(4), limit).unwrap();
+        assert_eq!(queued(&o), [pong(4).to_vec()]);
+    }
+
+    #[test]
+    fn a_pong_dropped_with_the_backlog_is_forgotten() {
+        let limit = 1 << 20;
+        let mut o = Outbound::default();
+        o.try_queue(frame(5), limit).unwrap();
+        o.try_queue_pong(pong(1), limit).unwrap();
+        o.queue.keep_front();
+        assert!(!o.queue.has_pong());
+        // A pong at the front survives keep_front and may still be replaced.
+        let mut o = Outbound::default();
+        o.try_queue_pong(pong(1), limit).unwrap();
+        o.try_queue(frame(5), limit).unwrap();
+        o.queue.keep_front();
+        assert!(o.queue.has_pong());
+        o.try_queue_pong(pong(2), limit).unwrap();
+        assert_eq!(queued(&o), [pong(2).to_vec()]);
+        o.queue.clear();
+        assert!(!o.queue.has_pong());
+        o.try_queue_pong(pong(3), limit).unwrap();
+        o.try_queue_pong(pong(4), limit).unwrap();
+        assert_eq!(queued(&o), [pong(4).to_vec()]);
+    }
+
+    #[test]
+    fn a_pong_over_the_budget_asks_for_a_flush_and_keeps_its_kind() {
+        let limit = 100 + O2;
+        let mut o = Outbound::default();
+        o.try_queue(frame(99), limit).unwrap();
+        let Err(back) = o.try_queue_pong(pong(1), limit) else {
+            panic!("expected a flush request");
+        };
+        o.queue.consume(99);
+        assert_eq!(o.queue_after_flush(back, limit), Queued::Added);
+        assert!(o.queue.has_pong());
+        o.try_queue_pong(pong(2), limit).unwrap();
+        assert_eq!(queued(&o), [pong(2).to_vec()]);
     }
 
     #[test]
@@ -409,15 +641,24 @@ mod tests {
         let mut o = Outbound::default();
         assert!(o.start_close(1000, "", Notice::CloseFrameOnly, Backlog::Keep, 5));
         let before = o.queue.bytes();
-        assert_eq!(o.try_queue(frame(1), 100), Ok(Queued::Closing));
-        assert_eq!(o.queue_after_flush(frame(1), 100), Queued::Closing);
+        assert_eq!(o.try_queue(frame(1), 1 << 20), Ok(Queued::Closing));
+        assert_eq!(
+            o.queue_after_flush(
+                NeedsFlush {
+                    frame: frame(1),
+                    pong: false
+                },
+                1 << 20
+            ),
+            Queued::Closing
+        );
         assert_eq!(o.queue.bytes(), before);
     }
 
     #[test]
     fn closing_queues_the_notice_and_close_frame_once() {
         let mut o = Outbound::default();
-        o.try_queue(frame(10), 1000).unwrap();
+        o.try_queue(frame(10), 1 << 20).unwrap();
         o.dirty = false; // as if flush_dirty took it and the socket blocked partway
         o.writer_active = false;
         assert!(o.start_close(4200, "bye", Notice::WithPusherError, Backlog::Keep, 42));
@@ -442,8 +683,8 @@ mod tests {
     #[test]
     fn a_slow_consumer_close_keeps_only_the_partly_sent_front() {
         let mut o = Outbound::default();
-        o.try_queue(frame(10), 1000).unwrap();
-        o.try_queue(frame(20), 1000).unwrap();
+        o.try_queue(frame(10), 1 << 20).unwrap();
+        o.try_queue(frame(20), 1 << 20).unwrap();
         o.queue.consume(3);
         let close = codec::close_frame(4100, "slow");
         // Already dirty: no second listing.
@@ -456,7 +697,7 @@ mod tests {
     #[test]
     fn a_finished_flush_of_a_closing_connection_calls_for_fin() {
         let mut o = Outbound::default();
-        o.try_queue(frame(10), 100).unwrap();
+        o.try_queue(frame(10), 1 << 20).unwrap();
         o.queue.consume(10);
         assert!(!o.flushed(), "open: no FIN");
         o.start_close(1000, "", Notice::CloseFrameOnly, Backlog::Keep, 0);
@@ -469,7 +710,7 @@ mod tests {
     #[test]
     fn failing_drops_the_queue_and_cuts_now() {
         let mut o = Outbound::default();
-        o.try_queue(frame(10), 100).unwrap();
+        o.try_queue(frame(10), 1 << 20).unwrap();
         o.fail();
         assert!(o.queue.is_empty());
         assert_eq!(o.queue.bytes(), 0);
@@ -478,7 +719,7 @@ mod tests {
             o.closing.cut_due(0, 2_000),
             "cut at once, even at clock zero"
         );
-        assert_eq!(o.try_queue(frame(1), 100), Ok(Queued::Closing));
+        assert_eq!(o.try_queue(frame(1), 1 << 20), Ok(Queued::Closing));
         assert!(!o.start_close(1000, "", Notice::CloseFrameOnly, Backlog::Keep, 5));
 
         // A close under way keeps its start and linger.

@@ -433,6 +433,7 @@ fn client_event(
         frame,
         except: Some(conn.socket_id.shared()),
         cache_data: None,
+        cache_stamp: 0,
         essential: false,
     });
     Ok(())

@@ -59,6 +59,7 @@ impl Local for Shards {
         frame: Bytes,
         except: Option<Arc<str>>,
         cache_data: Option<Arc<str>>,
+        cache_stamp: u64,
     ) {
         let p = Arc::new(Publication {
             app,
@@ -66,6 +67,7 @@ impl Local for Shards {
             frame,
             except,
             cache_data,
+            cache_stamp,
             essential: false,
         });
         self.broadcast(|| BusMsg::Publish(p.clone()));

@@ -36,23 +36,42 @@ pub async fn run(shard: Rc<Shard>, stream: TcpStream) {
         // Bytes the request in progress needs in all, once its head is known: a body that
         // trickles in is not re-parsed on every read.
         let mut need = 0;
+        // The body's reservation in the shard's budget while the server waits for it, until
+        // the request was handled (or the connection went).
+        let mut claim: Option<BodyClaim> = None;
         let req = loop {
             if !buf.is_empty() && buf.len() >= need {
                 match request::parse(&buf, max_body) {
                     Parsed::Complete(req, used) => {
                         buf.drain(..used);
+                        if buf.capacity() > request::MAX_HEAD {
+                            buf.shrink_to_fit(); // the body was copied out of it
+                        }
                         break req;
                     }
                     Parsed::Partial => {}
-                    Parsed::NeedBody(n) => need = n,
-                    Parsed::Error(status, msg) => {
-                        let resp = Response::error(status, msg).to_bytes(false);
-                        if write_all(&stream, &resp, limit).await.is_ok() {
-                            // The client may still be sending (a body over the limit): closing
-                            // with unread input would reset the connection and lose the answer.
-                            linger(&stream).await;
+                    Parsed::NeedBody { total, body } => {
+                        need = total;
+                        if claim.is_none() {
+                            // A body that arrived with its head is handled at once and never
+                            // reaches this: only bodies the server has to wait for draw from
+                            // the budget, so strangers who stall cannot crowd out requests
+                            // that come whole.
+                            let Some(taken) = BodyClaim::take(&shard, body) else {
+                                ShardMetrics::add(&shard.metrics().bodies_refused, 1);
+                                let msg = "too many request bodies in progress; retry later";
+                                let read = std::mem::take(&mut buf);
+                                return refuse_http(&stream, read, 503, msg, limit).await;
+                            };
+                            claim = Some(taken);
+                            // Room for exactly this request: reading it grows nothing more.
+                            buf.reserve_exact(total - buf.len());
                         }
-                        return;
+                    }
+                    Parsed::Error(status, msg) => {
+                        drop(claim.take());
+                        let read = std::mem::take(&mut buf);
+                        return refuse_http(&stream, read, status, msg, limit).await;
                     }
                 }
             }
@@ -64,31 +83,97 @@ pub async fn run(shard: Rc<Shard>, stream: TcpStream) {
             if !ready {
                 return; // handshake timeout (slowloris) or socket error: just close
             }
-            match read_into(&shard, fd, &mut buf, request::MAX_HEAD + max_body) {
+            // A known request is read up to its end only; the next one waits its turn.
+            let max = if need > 0 {
+                need
+            } else {
+                request::MAX_HEAD + max_body
+            };
+            match read_into(&shard, fd, &mut buf, max) {
                 Recv::Data(_) | Recv::WouldBlock => {}
                 Recv::Closed => return,
             }
         };
         ShardMetrics::add(&shard.metrics().http_requests, 1);
         if req.is_upgrade() {
+            // An upgrade has no use for a body.
+            drop(claim);
+            let mut req = req;
+            req.body = Vec::new();
             // Boxed so this task's future stays small; the upgrade ends this task and the
             // connection continues in a lean read-loop task of its own.
             Box::pin(websocket(shard, stream, *req, buf)).await;
             return;
         }
         if shard.shared.shutting_down.load(Ordering::Relaxed) {
+            drop(claim);
             let resp = Response::error(503, "server is shutting down");
             let _ = write_all(&stream, &resp.to_bytes(false), limit).await;
             return;
         }
         let resp = Box::pin(api::handle(&*shard, &req)).await;
-        if write_all(&stream, &resp.to_bytes(req.keep_alive), limit)
+        let keep_alive = req.keep_alive;
+        // The body was handled: it and its reservation go before the answer is written, which
+        // may wait for a client that does not read.
+        drop(req);
+        drop(claim);
+        if write_all(&stream, &resp.to_bytes(keep_alive), limit)
             .await
             .is_err()
-            || !req.keep_alive
+            || !keep_alive
         {
             return;
         }
+    }
+}
+
+/// A body's reservation in its shard's [`BodyBudget`](super::bodies::BodyBudget), given back
+/// when dropped: once its request was handled, or when the connection went.
+struct BodyClaim {
+    shard: Rc<Shard>,
+    bytes: usize,
+}
+
+impl BodyClaim {
+    /// Reserves `bytes` (an announced Content-Length), or None when they do not fit.
+    fn take(shard: &Rc<Shard>, bytes: usize) -> Option<BodyClaim> {
+        if !shard.bodies.reserve(bytes) {
+            return None;
+        }
+        show_pending_bodies(shard);
+        Some(BodyClaim {
+            shard: shard.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for BodyClaim {
+    fn drop(&mut self) {
+        self.shard.bodies.release(self.bytes);
+        show_pending_bodies(&self.shard);
+    }
+}
+
+/// Sets the shard's pending-body gauge.
+fn show_pending_bodies(shard: &Shard) {
+    let held = shard.bodies.held() as u64;
+    shard
+        .metrics()
+        .pending_body_bytes
+        .store(held, Ordering::Relaxed);
+}
+
+/// Answers a request that will not be served with an error and closes the connection. What was
+/// read of it is dropped first; after the answer the socket lingers, so that a client still
+/// sending its body reads the answer instead of a reset.
+async fn refuse_http(stream: &TcpStream, read: Vec<u8>, status: u16, msg: &str, limit: Duration) {
+    drop(read);
+    let resp = Response::error(status, msg).to_bytes(false);
+    if write_all(stream, &resp, limit).await.is_ok() {
+        // The client may still be sending (a body over a limit): closing with unread input
+        // would reset the connection and lose the answer.
+        linger(stream).await;
     }
 }
 
@@ -293,6 +378,7 @@ fn register(shard: &Rc<Shard>, stream: Rc<TcpStream>, app: AppIdx) -> crate::ids
         auth_deadline,
         rate: RateWindow::default(),
         tokens: TokenBucket::full(shard.shared.config.server.max_message_burst, now),
+        control_refused: RateWindow::default(),
         partial: Vec::new(),
         fragments: None,
     });

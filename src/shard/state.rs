@@ -28,6 +28,8 @@ pub struct CacheEntry {
     pub data: Arc<str>,
     /// Expiry (ms).
     pub expires: u64,
+    /// When it was published (Unix µs), to keep the newest of events arriving out of order.
+    pub stamp: u64,
 }
 
 /// Everything a shard owns.
@@ -90,11 +92,26 @@ impl State {
 impl Shard {
     /// Queues a frame to one connection; a slow consumer is closed with 4100.
     pub fn send_to(&self, st: &mut State, key: ConnKey, frame: Bytes) {
+        self.send_frame(st, key, frame, false);
+    }
+
+    /// Queues a pong to one connection, in the place of a pong still waiting unsent if there is
+    /// one; a slow consumer is closed with 4100.
+    pub fn send_pong(&self, st: &mut State, key: ConnKey, frame: Bytes) {
+        self.send_frame(st, key, frame, true);
+    }
+
+    fn send_frame(&self, st: &mut State, key: ConnKey, frame: Bytes, pong: bool) {
         let limit = self.shared.config.server.max_outbound_bytes;
         let Some(conn) = st.conns.get_mut(key) else {
             return;
         };
-        match enqueue(conn, frame, limit) {
+        let first = if pong {
+            conn.queue_pong(frame, limit)
+        } else {
+            conn.queue(frame, limit)
+        };
+        match retry_after_flush(conn, first, limit) {
             Queued::NewlyDirty => st.dirty.push(key),
             Queued::Added | Queued::Closing => {}
             Queued::Overflow => self.close_slow(st, key),
@@ -134,15 +151,22 @@ impl Shard {
     pub fn deliver(&self, st: &mut State, p: &Publication) {
         ShardMetrics::add(&self.metrics().publications, 1);
         if let Some(data) = &p.cache_data {
+            let now = self.now_ms();
             let ttl = self.shared.app(p.app).cache_ttl * 1000;
-            let expires = self.now_ms() + ttl;
-            let entry = CacheEntry {
-                frame: p.frame.clone(),
-                data: data.clone(),
-                expires,
-            };
-            let key = st.intern(p.app, &p.channel);
-            st.cache[p.app.0 as usize].insert(key, entry);
+            let cache = &st.cache[p.app.0 as usize];
+            let newer_kept = cache
+                .get(&p.channel)
+                .is_some_and(|e| e.expires > now && e.stamp > p.cache_stamp);
+            if !newer_kept {
+                let entry = CacheEntry {
+                    frame: p.frame.clone(),
+                    data: data.clone(),
+                    expires: now + ttl,
+                    stamp: p.cache_stamp,
+                };
+                let key = st.intern(p.app, &p.channel);
+                st.cache[p.app.0 as usize].insert(key, entry);
+            }
         }
         let Some(list) = st.index[p.app.0 as usize].get(&p.channel) else {
             return;
@@ -212,6 +236,7 @@ impl Shard {
                 frame: p.frame.clone(),
                 except: p.except.clone(),
                 cache_data: p.cache_data.clone(),
+                cache_stamp: p.cache_stamp,
             });
         }
         self.publish(p)
@@ -230,13 +255,19 @@ impl Shard {
 /// when the connection asks for it, what is queued is sent now and the frame tried once more, so
 /// a burst queued within one batch reaches the socket before the connection is judged slow.
 fn enqueue(conn: &mut Conn, frame: Bytes, limit: usize) -> Queued {
-    match conn.queue(frame, limit) {
+    let first = conn.queue(frame, limit);
+    retry_after_flush(conn, first, limit)
+}
+
+/// The second half of [`enqueue`]: a frame that asked for a flush is tried again after it.
+fn retry_after_flush(conn: &mut Conn, first: Result<Queued, NeedsFlush>, limit: usize) -> Queued {
+    match first {
         Ok(queued) => queued,
-        Err(NeedsFlush(frame)) => {
+        Err(retry) => {
             // Only the room made counts here. A connection with output and no writer task is on
             // the dirty list, so flush_dirty meets a blocked or failed socket again.
             let _ = sock::flush(conn.fd, &mut conn.out.queue);
-            conn.queue_after_flush(frame, limit)
+            conn.queue_after_flush(retry, limit)
         }
     }
 }

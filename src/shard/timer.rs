@@ -8,6 +8,7 @@ use super::outbound::Notice;
 use super::sock;
 use super::state::{flush_dirty, CLOSE_LINGER_MS};
 use super::Shard;
+use crate::metrics::ShardMetrics;
 use crate::protocol::{codes, encode};
 
 /// The timer sweep, every 500 ms: server pings, pong timeouts (4201), sign-in deadlines (4009),
@@ -18,6 +19,7 @@ pub async fn tick(shard: Rc<Shard>) {
     let pong = cfg.pong_timeout * 1000;
     loop {
         monoio::time::sleep(Duration::from_millis(500)).await;
+        ShardMetrics::add(&shard.metrics().loop_turns, 1);
         let now = shard.now_ms();
         {
             let mut st = shard.state.borrow_mut();

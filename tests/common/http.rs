@@ -80,6 +80,12 @@ impl HttpConn {
         self.read_response().await
     }
 
+    /// Writes `bytes` as they are, reading nothing; false when the write failed (the server
+    /// may have closed).
+    pub async fn write(&mut self, bytes: &[u8]) -> bool {
+        self.raw.write(bytes).await
+    }
+
     /// Writes `bytes` as they are (any request, well-formed or not) and reads one response.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> HttpResponse {
         assert!(self.raw.write(bytes).await, "write raw HTTP request");

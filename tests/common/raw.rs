@@ -47,6 +47,23 @@ impl Raw {
         }
     }
 
+    /// Connects with a receive buffer of about `rcvbuf` bytes (set before connecting, so the
+    /// window never grows past it): a peer that does not read then lets the kernel hold little
+    /// of what the server sends it, and the rest waits in the server.
+    pub async fn connect_with_rcvbuf(addr: SocketAddr, rcvbuf: u32) -> Raw {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(rcvbuf).expect("rcvbuf");
+        let stream = tokio::time::timeout(WAIT, sock.connect(addr))
+            .await
+            .expect("tcp connect timed out")
+            .expect("tcp connect");
+        stream.set_nodelay(true).ok();
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Writes bytes (errors ignored: the server may already have closed).
     pub async fn write(&mut self, data: &[u8]) -> bool {
         matches!(
@@ -169,12 +186,25 @@ pub fn upgrade_request(path: &str, key: &str) -> String {
 impl RawWs {
     /// Performs the upgrade for `/app/{key}?protocol=7` and reads connection_established.
     pub async fn connect(server: &Server) -> RawWs {
+        RawWs::upgrade(server, Raw::connect(server.addr).await).await
+    }
+
+    /// Like [`RawWs::connect`], with a small receive buffer (see [`Raw::connect_with_rcvbuf`]).
+    pub async fn connect_with_rcvbuf(server: &Server, rcvbuf: u32) -> RawWs {
+        RawWs::upgrade(server, Raw::connect_with_rcvbuf(server.addr, rcvbuf).await).await
+    }
+
+    /// The shard the connection landed on (socket ids encode it).
+    pub fn shard(&self, workers: u32) -> usize {
+        super::client::shard_of(&self.socket_id, workers)
+    }
+
+    async fn upgrade(server: &Server, mut raw: Raw) -> RawWs {
         let path = format!(
             "/app/{}?protocol=7&client=js&version=8.4.0",
             server.app().key
         );
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
-        let mut raw = Raw::connect(server.addr).await;
         assert!(raw.write(upgrade_request(&path, key).as_bytes()).await);
         let head = raw.read_head(WAIT).await.expect("upgrade response head");
         assert!(head.starts_with("HTTP/1.1 101"), "upgrade response: {head}");

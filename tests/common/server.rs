@@ -131,6 +131,8 @@ pub struct Config {
     pub apps: Vec<App>,
     /// A `[cluster]` table's lines (values TOML-encoded), when the server is a cluster node.
     pub cluster: Vec<(String, String)>,
+    /// Extra environment variables for the server process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Config {
@@ -144,6 +146,7 @@ impl Default for Config {
             extra: Vec::new(),
             apps: vec![App::default()],
             cluster: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -242,6 +245,7 @@ impl Server {
         let mut child = Command::new(binary_path())
             .arg("--config")
             .arg(&config_path)
+            .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -313,6 +317,36 @@ impl Server {
     /// Process id of the server.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The server's resident memory now and at its peak, in KiB: `VmRSS` and `VmHWM` of
+    /// /proc/PID/status. The peak is since start or the last [`Server::reset_peak_rss`].
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in /proc/PID/status"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Resets the peak resident memory (`VmHWM`) to what is resident now, so that a later
+    /// [`Server::memory_kib`] shows the peak of what happened in between.
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5")
+            .expect("write 5 to /proc/PID/clear_refs");
+    }
+
+    /// The value of a series in `/metrics` (None when the server does not export it).
+    pub async fn metric(&self, name: &str) -> Option<u64> {
+        let mut conn = super::http::HttpConn::connect(self.addr).await;
+        let text = conn.request("GET", "/metrics", b"").await.text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     /// Open file descriptors of the server process.

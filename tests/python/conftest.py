@@ -3,6 +3,11 @@
 Starts the real server binary (RINGPUSH_BIN, default <repo>/target/debug/ringpush) with a
 generated TOML config on port 0, and offers helpers around the `pusher` server SDK and the
 `pysher` websocket client.
+
+Cluster mode (RINGPUSH_CLUSTER=1): instead of one server, each Server starts a cluster through
+tests/cluster/cluster.js (Node): a fresh redis-server, three nodes with the same config plus a
+[cluster] section, and a round-robin TCP balancer in front, whose port is the server's port.
+Tests that inherently need one process are marked with single_process_only(reason).
 """
 import base64
 import itertools
@@ -11,6 +16,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -18,6 +24,7 @@ import time
 import pusher
 import pysher
 import pytest
+from pusher.requests import RequestsBackend
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_BIN = os.path.normpath(os.path.join(HERE, "..", "..", "target", "debug", "ringpush"))
@@ -26,6 +33,29 @@ WORKERS = 2
 TIMEOUT = 5.0
 ENCRYPTION_MASTER_KEY_BASE64 = base64.b64encode(b"ringpush-python-master-key-32byt").decode()
 LISTEN_RE = re.compile(r"^ringpush listening on ([0-9.]+):(\d+)$")
+
+CLUSTER = os.environ.get("RINGPUSH_CLUSTER", "").lower() not in ("", "0", "false", "no")
+CLUSTER_JS = os.path.normpath(os.path.join(HERE, "..", "cluster", "cluster.js"))
+CLUSTER_NODES = 3
+CLUSTER_READY_RE = re.compile(r"^cluster ready (\{.*\})$")
+CLUSTER_STOPPED_RE = re.compile(r"^cluster stopped (\{.*\})$")
+REPLICATION_TIMEOUT = 5.0
+
+
+def single_process_only(reason):
+    """Marks a test that inherently needs one server process: skipped in cluster mode, with a
+    reason naming the single-process fact it depends on."""
+    return pytest.mark.skipif(CLUSTER, reason="single-process only: " + reason)
+
+
+class _ConnectionPerRequest(RequestsBackend):
+    """The SDK's requests backend, but every API call on a connection of its own
+    (`Connection: close`): in cluster mode the balancer then spreads consecutive calls over the
+    nodes, where a kept-alive session would pin them all to one."""
+
+    def __init__(self, client, **options):
+        super().__init__(client, **options)
+        self.session.headers["Connection"] = "close"
 
 APPS = [
     {
@@ -94,6 +124,8 @@ class Server:
     def start(self):
         if not os.path.exists(BIN):
             raise RuntimeError("ringpush binary not found at %s (set RINGPUSH_BIN)" % BIN)
+        if CLUSTER:
+            return self._start_cluster()
         self._stderr = open(self.stderr_path, "w")
         self.proc = subprocess.Popen(
             [BIN, "--config", self.config_path],
@@ -119,6 +151,42 @@ class Server:
         self.port = found["port"]
         return self
 
+    def _start_cluster(self):
+        """Starts the cluster launcher; its node stderr (prefixed) goes to our stderr log."""
+        self._stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen(
+            ["node", CLUSTER_JS, "--config", self.config_path, "--nodes", str(CLUSTER_NODES)],
+            stdin=subprocess.PIPE,  # the launcher stops the cluster when this closes
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+        found = {}
+        ready = threading.Event()
+        self._stopped = threading.Event()
+
+        def reader():
+            for line in self.proc.stdout:
+                m = CLUSTER_READY_RE.match(line.strip())
+                if m and "ready" not in found:
+                    found["ready"] = json.loads(m.group(1))
+                    ready.set()
+                m = CLUSTER_STOPPED_RE.match(line.strip())
+                if m:
+                    found["stopped"] = json.loads(m.group(1))
+                    self._stopped.set()
+            ready.set()
+            self._stopped.set()
+
+        threading.Thread(target=reader, daemon=True).start()
+        self._found = found
+        if not ready.wait(60) or "ready" not in found:
+            self.proc.kill()
+            raise RuntimeError("cluster did not start; stderr:\n" + self.stderr_tail())
+        self.port = found["ready"]["port"]
+        self.node_ports = found["ready"]["nodes"]
+        return self
+
     def stderr_tail(self, n=4000):
         try:
             with open(self.stderr_path) as f:
@@ -137,6 +205,8 @@ class Server:
             except Exception:
                 pass
         self.clients = []
+        if CLUSTER:
+            return self._stop_cluster()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -149,22 +219,67 @@ class Server:
         self.tmp.cleanup()
         return rc
 
+    def _stop_cluster(self):
+        """SIGTERMs every node (through the launcher); 0 when every node exited 0, else the
+        first other node's exit code (or "signal NAME"), so `rc == 0` checks stay as they are."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stopped.wait(5)
+        self._stderr.close()
+        self.tmp.cleanup()
+        stopped = self._found.get("stopped")
+        if stopped is not None and os.environ.get("RINGPUSH_CLUSTER_VERBOSE"):
+            print("cluster connections per node: %s" % stopped.get("balancer"), file=sys.stderr)
+        if stopped is None:
+            return "cluster launcher exited %r without reporting the nodes" % self.proc.returncode
+        for node in stopped["nodes"]:
+            if node["code"] != 0 or node["signal"] is not None:
+                return node["code"] if node["signal"] is None else "signal %s" % node["signal"]
+        return 0
+
+    def wait_replicated(self, check, index=0):
+        """Replication between nodes is asynchronous (milliseconds through Redis): a fact
+        changed through one node reaches the others a moment later. In cluster mode, waits until
+        check(sdk) passes (does not raise AssertionError) on every node, each asked directly,
+        for at most 5 s. On one server there is nothing to wait for and it does nothing."""
+        if not CLUSTER:
+            return
+        deadline = time.monotonic() + REPLICATION_TIMEOUT
+        for port in self.node_ports:
+            sdk = self.sdk(index, port=port)
+            while True:
+                try:
+                    check(sdk)
+                    break
+                except AssertionError as e:
+                    if time.monotonic() > deadline:
+                        raise AssertionError("not replicated to node on port %d within %.0f s: %s"
+                                             % (port, REPLICATION_TIMEOUT, e))
+                    time.sleep(0.02)
+
     # ------------------------------------------------------------ clients
 
     def app(self, index=0):
         return self.apps[index]
 
-    def sdk(self, index=0, **override):
+    def sdk(self, index=0, port=None, **override):
         app = dict(self.apps[index])
         app.update(override)
+        extra = {"backend": _ConnectionPerRequest} if CLUSTER else {}
         return pusher.Pusher(
             app_id=app["id"],
             key=app["key"],
             secret=app["secret"],
             ssl=False,
             host="127.0.0.1",
-            port=self.port,
+            port=port or self.port,
             encryption_master_key_base64=ENCRYPTION_MASTER_KEY_BASE64,
+            **extra
         )
 
     def pysher(self, index=0, user_data=None):
@@ -303,3 +418,10 @@ def fast_server():
     yield srv
     rc = srv.stop()
     assert rc == 0, "server exit code %r on SIGTERM" % rc
+
+
+def pytest_report_header(config):
+    if CLUSTER:
+        return "ringpush: cluster mode (%d nodes and Redis behind a round-robin balancer), %s" % (
+            CLUSTER_NODES, BIN)
+    return "ringpush: single server, %s" % BIN

@@ -65,8 +65,12 @@ def test_channels_info_with_prefix_filter(server):
     subscribe(client, prefix + "x")
     subscribe(client, prefix + "y")
     subscribe(client, uniq("py-elsewhere-"))
+    want = {"channels": {prefix + "x": {}, prefix + "y": {}}}
+    # Cluster mode: subscriptions reach the other nodes' replicas a moment later (eventually
+    # consistent by design); wait until every node agrees. A no-op on one server.
+    server.wait_replicated(lambda sdk: _assert_eq(sdk.channels_info(prefix_filter=prefix), want))
     res = server.sdk().channels_info(prefix_filter=prefix)
-    assert res == {"channels": {prefix + "x": {}, prefix + "y": {}}}
+    assert res == want
     disconnect(client)
 
 
@@ -76,8 +80,13 @@ def test_channels_info_presence_user_count(server):
     b = server.pysher(user_data={"user_id": "py-u2", "user_info": {"n": 2}})
     subscribe(a, prefix + "room")
     subscribe(b, prefix + "room")
+    want = {"channels": {prefix + "room": {"user_count": 2}}}
+    # Cluster mode: the joins reach the other nodes' replicas a moment later (eventually
+    # consistent by design); wait until every node agrees. A no-op on one server.
+    server.wait_replicated(
+        lambda sdk: _assert_eq(sdk.channels_info(prefix_filter=prefix, attributes=["user_count"]), want))
     res = server.sdk().channels_info(prefix_filter=prefix, attributes=["user_count"])
-    assert res == {"channels": {prefix + "room": {"user_count": 2}}}
+    assert res == want
     disconnect(a)
     disconnect(b)
 
@@ -87,8 +96,12 @@ def test_channel_info(server):
     a, b = server.pysher_on_distinct_shards(2)
     subscribe(a, name)
     subscribe(b, name)
+    want = {"occupied": True, "subscription_count": 2}
+    # Cluster mode: subscriptions reach the other nodes' replicas a moment later (eventually
+    # consistent by design); wait until every node agrees. A no-op on one server.
+    server.wait_replicated(lambda sdk: _assert_eq(sdk.channel_info(name, ["subscription_count"]), want))
     sdk = server.sdk()
-    assert sdk.channel_info(name, ["subscription_count"]) == {"occupied": True, "subscription_count": 2}
+    assert sdk.channel_info(name, ["subscription_count"]) == want
     assert sdk.channel_info(name) == {"occupied": True}
     assert sdk.channel_info(uniq("py-nobody-")) == {"occupied": False}
     disconnect(a)
@@ -100,8 +113,14 @@ def test_channel_info_presence_and_users_info(server):
     a = server.pysher(user_data={"user_id": "py-alice", "user_info": {"name": "Alice"}})
     b1 = server.pysher(user_data={"user_id": "py-bob", "user_info": {"name": "Bob"}})
     b2 = server.pysher(user_data={"user_id": "py-bob", "user_info": {"name": "Bob"}})
-    for c in (a, b1, b2):
-        subscribe(c, name)
+    subscribe(a, name)
+    subscribe(b1, name)
+    # Cluster mode: the joins reach the other nodes' replicas a moment later (eventually
+    # consistent by design); wait until every node lists both users before the second tab of
+    # py-bob joins, wherever it lands. A no-op on one server.
+    server.wait_replicated(lambda sdk: _assert_eq(
+        sorted(str(u["id"]) for u in sdk.users_info(name)["users"]), ["py-alice", "py-bob"]))
+    subscribe(b2, name)
     succeeded = json.loads(b2.inbox.events(name, "pusher_internal:subscription_succeeded")[0])
     assert succeeded["presence"]["count"] == 2
     assert sorted(str(i) for i in succeeded["presence"]["ids"]) == ["py-alice", "py-bob"]
@@ -159,6 +178,10 @@ def test_private_channel_bad_auth_is_refused(server):
     assert client.inbox.events(name, "pusher_internal:subscription_succeeded") == []
     assert server.sdk().channel_info(name) == {"occupied": False}
     disconnect(client)
+
+
+def _assert_eq(got, want):
+    assert got == want, "got %r, want %r" % (got, want)
 
 
 def _signin(server, client, user_data):

@@ -98,3 +98,10 @@ def test_validate_webhook_accepts_ringpush_requests(hooked):
     result = sdk.validate_webhook(headers["x-pusher-key"], headers["x-pusher-signature"], body)
     assert result is not None
     assert {"name": "channel_vacated", "channel": name} in result["events"]
+
+    # Each event reaches the receiver once (in a cluster, one node sends a channel's webhooks):
+    # give a duplicate a moment to show up, then count.
+    time.sleep(0.5)
+    names = [e["name"] for _, body in list(rec.requests) for e in json.loads(body)["events"]
+             if e["channel"] == name]
+    assert sorted(names) == ["channel_occupied", "channel_vacated"], names

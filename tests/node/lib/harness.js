@@ -2,8 +2,10 @@
 // Test harness for the ringpush compatibility suite: starts the real server binary
 // with a generated TOML config and offers small promise helpers around pusher-js.
 
+const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
+const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
 const readline = require('node:readline');
@@ -26,6 +28,22 @@ const DEFAULT_BIN = path.resolve(__dirname, '..', '..', '..', 'target', 'debug',
 const BIN = process.env.RINGPUSH_BIN || DEFAULT_BIN;
 const WORKERS = 2;
 const DEFAULT_TIMEOUT = 5000;
+
+// Cluster mode (RINGPUSH_CLUSTER=1): startServer() starts, instead of one server, a fresh Redis,
+// three nodes with the same config plus [cluster], and a round-robin TCP balancer in front
+// (tests/cluster/cluster.js); the handle's host and port are the balancer's. Every test then
+// runs unchanged against the cluster, except those marked singleProcessOnly().
+const CLUSTER = !['', '0', 'false', 'no'].includes(String(process.env.RINGPUSH_CLUSTER || '').toLowerCase());
+const CLUSTER_NODES = 3;
+const REPLICATION_TIMEOUT = 5000;
+
+/**
+ * it() options for a test that inherently needs one server process: skipped in cluster mode
+ * with a reason that says why (`reason` names the single-process fact it depends on).
+ */
+function singleProcessOnly(reason) {
+  return CLUSTER ? { skip: `single-process only: ${reason}` } : {};
+}
 
 // Encryption master key for private-encrypted channels: 32 bytes, base64.
 const ENCRYPTION_MASTER_KEY_BASE64 = Buffer.from('ringpush-compat-master-key-32byt').toString('base64');
@@ -93,6 +111,7 @@ async function startServer(opts = {}) {
     ...(opts.server || {}),
   };
   const apps = opts.apps || defaultApps();
+  if (CLUSTER) return startClusterHandle(server, apps);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ringpush-node-'));
   const configPath = path.join(dir, 'ringpush.toml');
   fs.writeFileSync(configPath, renderConfig({ server, apps }));
@@ -130,7 +149,7 @@ async function startServer(opts = {}) {
     });
   });
 
-  const handle = {
+  return clientApi({
     port,
     host: '127.0.0.1',
     apps,
@@ -141,10 +160,7 @@ async function startServer(opts = {}) {
     stderr: () => stderr,
     /** SIGTERM the server; resolves with {code, signal}. Disconnects tracked clients first. */
     async stop() {
-      for (const c of handle.clients) {
-        try { c.disconnect(); } catch (_) { /* ignore */ }
-      }
-      handle.clients.clear();
+      disconnectAll(this);
       if (child.exitCode !== null || child.signalCode !== null) return exited;
       child.kill('SIGTERM');
       const timer = setTimeout(() => child.kill('SIGKILL'), 15000);
@@ -153,6 +169,96 @@ async function startServer(opts = {}) {
       fs.rmSync(dir, { recursive: true, force: true });
       return res;
     },
+    /** On one server every query sees every change at once: nothing to wait for. */
+    async waitReplicated() {},
+    /** On one server the test's own ordering (markers) suffices: nothing to wait for. */
+    async waitUntil() {},
+  });
+}
+
+function disconnectAll(handle) {
+  for (const c of handle.clients) {
+    try { c.disconnect(); } catch (_) { /* ignore */ }
+  }
+  handle.clients.clear();
+}
+
+/** The cluster-mode handle: same shape, host and port of the balancer. */
+async function startClusterHandle(server, apps) {
+  const { startCluster, combinedExit } = require('../../cluster/cluster');
+  const cluster = await startCluster({
+    configText: renderConfig({ server, apps }),
+    bin: BIN,
+    nodes: CLUSTER_NODES,
+  });
+  return clientApi({
+    port: cluster.port,
+    host: '127.0.0.1',
+    apps,
+    configPath: cluster.configPath,
+    workers: server.workers,
+    process: null,
+    cluster,
+    clients: new Set(),
+    stderr: cluster.stderr,
+    /**
+     * SIGTERMs every node (then the balancer and Redis); resolves with {code: 0, signal: null}
+     * when every node exited 0, else with the first other node's {code, signal}.
+     */
+    async stop() {
+      disconnectAll(this);
+      const res = await cluster.stop();
+      if (process.env.RINGPUSH_CLUSTER_VERBOSE) process.stderr.write(`cluster connections per node: ${res.balancer}\n`);
+      return combinedExit(res.nodes);
+    },
+    /**
+     * Replication between nodes is asynchronous (milliseconds through Redis), so a fact changed
+     * through one node is seen by the others a moment later. Waits until `check(sdk)` passes on
+     * every node, each asked directly (not through the balancer), for at most 5 s; rethrows the
+     * last failure. `check` gets a server SDK bound to that node and asserts (only an
+     * AssertionError is retried; an HTTP error fails at once). Use it only where the cluster is
+     * eventually consistent by design, with a comment saying so.
+     */
+    async waitReplicated(check, app = 0) {
+      const deadline = Date.now() + REPLICATION_TIMEOUT;
+      for (const node of cluster.nodes) {
+        const sdk = this.sdk(app, { port: String(node.port) });
+        for (;;) {
+          try {
+            await check(sdk);
+            break;
+          } catch (err) {
+            if (!(err instanceof assert.AssertionError)) throw err;
+            if (Date.now() > deadline) {
+              err.message = `not replicated to node on port ${node.port} within ${REPLICATION_TIMEOUT} ms: ${err.message}`;
+              throw err;
+            }
+            await new Promise((r) => setTimeout(r, 20));
+          }
+        }
+      }
+    },
+    waitUntil: clusterWaitUntil,
+  });
+}
+
+/**
+ * Cluster mode only (a no-op on one server): polls `pred()` every 20 ms until it is true, for at
+ * most 5 s, else fails naming `what`. For what is eventually true in a cluster by design, e.g.
+ * an event relayed from another node that a marker from a third node may overtake.
+ */
+async function clusterWaitUntil(pred, what) {
+  const deadline = Date.now() + REPLICATION_TIMEOUT;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error(`timeout after ${REPLICATION_TIMEOUT}ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Adds the client-side helpers (SDK, pusher-js clients) to a server or cluster handle. */
+function clientApi(handle) {
+  const { apps, port } = handle;
+  Object.assign(handle, {
     /** Node server SDK bound to this server and the given app (index or object). */
     sdk(app = 0, extra = {}) {
       const a = typeof app === 'number' ? apps[app] : app;
@@ -164,6 +270,9 @@ async function startServer(opts = {}) {
         port: String(port),
         useTLS: false,
         encryptionMasterKeyBase64: ENCRYPTION_MASTER_KEY_BASE64,
+        // In a cluster every API call opens a connection of its own, so the balancer spreads
+        // consecutive calls over the nodes (a kept-alive connection would pin them to one).
+        ...(CLUSTER ? { agent: new http.Agent({ keepAlive: false }) } : {}),
         ...extra,
       });
     },
@@ -229,7 +338,7 @@ async function startServer(opts = {}) {
       }
       return [...byShard.entries()].sort((a, b) => a[0] - b[0]).map(([, c]) => c);
     },
-  };
+  });
   return handle;
 }
 
@@ -323,6 +432,23 @@ async function subscribe(pusher, name, ms = DEFAULT_TIMEOUT) {
   return channel;
 }
 
+/**
+ * A check for srv.waitReplicated(): GET `path` (with `params`) answers exactly `expected`.
+ * `normalize` may map the JSON body first (e.g. to sort a user list).
+ */
+function expectGet(path, params, expected, normalize = (x) => x) {
+  return async (sdk) => {
+    const res = await sdk.get({ path, params });
+    assert.deepEqual(normalize(await res.json()), expected, `GET ${path} ${JSON.stringify(params)}`);
+  };
+}
+
+/** A check for srv.waitReplicated(): the presence channel lists exactly these user ids. */
+function expectUsers(channel, ids) {
+  return expectGet(`/channels/${channel}/users`, {}, [...ids].map(String).sort(),
+    (body) => body.users.map((u) => String(u.id)).sort());
+}
+
 /** Resolve with the first pusher:error data the connection reports. */
 function nextConnectionError(pusher, ms = DEFAULT_TIMEOUT) {
   return once(pusher.connection, 'error', ms, (e) => e && e.type === 'PusherError').then((e) => e.data);
@@ -355,6 +481,10 @@ async function signin(pusher, ms = DEFAULT_TIMEOUT) {
 module.exports = {
   BIN,
   WORKERS,
+  CLUSTER,
+  singleProcessOnly,
+  expectGet,
+  expectUsers,
   ENCRYPTION_MASTER_KEY_BASE64,
   defaultApps,
   renderConfig,

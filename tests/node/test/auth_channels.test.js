@@ -101,6 +101,9 @@ describe('private / encrypted / presence channels and client events', () => {
 
     const added = h.record(chA, 'pusher:member_added');
     const removed = h.record(chA, 'pusher:member_removed');
+    // Cluster mode: a join reaches the other nodes' replicas a moment later (eventually
+    // consistent by design); wait until every node lists the member. A no-op on one server.
+    await srv.waitReplicated(h.expectUsers(name, ['user-a']));
 
     // user-b opens two tabs that sit on different shards
     const [b1, b2] = await srv.clientsOnDistinctShards(2, { presence: member('user-b', 'Bob') });
@@ -127,6 +130,9 @@ describe('private / encrypted / presence channels and client events', () => {
     assert.equal(chA.members.count, 3);
 
     // SDK view: users and user_count count user-b once
+    // Cluster mode: the joins reach the other nodes' replicas a moment later (eventually
+    // consistent by design); wait until every node agrees. A no-op on one server.
+    await srv.waitReplicated(h.expectUsers(name, ['user-a', 'user-b', 'user-c']));
     const sdk = srv.sdk();
     let res = await sdk.get({ path: `/channels/${name}/users` });
     assert.equal(res.status, 200);
@@ -147,6 +153,8 @@ describe('private / encrypted / presence channels and client events', () => {
     b2.disconnect();
     await remB;
     assert.equal(chA.members.count, 1);
+    // Cluster mode: A's node announced the leave; the others' replicas follow a moment later.
+    await srv.waitReplicated(h.expectUsers(name, ['user-a']));
     res = await sdk.get({ path: `/channels/${name}`, params: { info: 'user_count' } });
     assert.deepEqual(await res.json(), { occupied: true, user_count: 1 });
     a.disconnect();
@@ -175,6 +183,9 @@ describe('private / encrypted / presence channels and client events', () => {
     const ch = await h.subscribe(a, name);
     assert.equal(ch.members.count, 1);
     assert.equal(String(ch.members.me.id), '10');
+    // Cluster mode: a join reaches the other nodes' replicas a moment later (eventually
+    // consistent by design); wait until every node lists the member. A no-op on one server.
+    await srv.waitReplicated(h.expectUsers(name, ['10']));
     const res = await srv.sdk().get({ path: `/channels/${name}/users` });
     const users = (await res.json()).users.map((u) => String(u.id));
     assert.deepEqual(users, ['10']);
@@ -190,6 +201,10 @@ describe('private / encrypted / presence channels and client events', () => {
     await h.subscribe(a, n1);
     await h.subscribe(b, n1);
     await h.subscribe(a, n2);
+    // Cluster mode: the joins reach the other nodes' replicas a moment later (eventually
+    // consistent by design); wait until every node agrees. A no-op on one server.
+    await srv.waitReplicated(h.expectGet('/channels', { filter_by_prefix: prefix, info: 'user_count' },
+      { channels: { [n1]: { user_count: 2 }, [n2]: { user_count: 1 } } }));
     const res = await srv.sdk().get({ path: '/channels', params: { filter_by_prefix: prefix, info: 'user_count' } });
     assert.equal(res.status, 200);
     assert.deepEqual(await res.json(), { channels: { [n1]: { user_count: 2 }, [n2]: { user_count: 1 } } });
@@ -292,6 +307,11 @@ describe('private / encrypted / presence channels and client events', () => {
     const marker = h.once(chB, 'marker');
     await srv.sdk().trigger(name, 'marker', {});
     await marker;
+    // Cluster mode: the client events cross from a's node and the marker from the node the
+    // trigger landed on; messages of different nodes have no common order (each node's own
+    // arrive in order), so the marker may overtake them. Wait for the first one instead.
+    // A no-op on one server, where the marker orders after everything sent before it.
+    await srv.waitUntil(() => received.length >= 1, 'a client event relayed from the other node');
     assert.ok(received.length >= 1 && received.length <= 11, `delivered ${received.length} of 20`);
     a.disconnect();
     b.disconnect();

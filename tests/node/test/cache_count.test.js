@@ -36,6 +36,11 @@ describe('cache channels and subscription_count', () => {
     const sdk = srv.sdk();
     await sdk.trigger(name, 'price', { v: 1 });
     await sdk.trigger(name, 'price', { v: 2 });
+    // Cluster mode: every node keeps the last event of a cache channel; an event triggered on
+    // one node reaches the others through the broker a moment later (eventually consistent by
+    // design). Wait until every node holds { v: 2 }. A no-op on one server.
+    await srv.waitReplicated(h.expectGet(`/channels/${name}`, { info: 'cache' }, { v: 2 },
+      (body) => body.cache && JSON.parse(body.cache.data)));
     const res = await sdk.get({ path: `/channels/${name}`, params: { info: 'cache' } });
     assert.equal(res.status, 200);
     const info = await res.json();

@@ -80,6 +80,10 @@ describe('core protocol (pusher-js + pusher Node SDK)', () => {
     const b = await srv.client();
     await h.subscribe(a, name);
     await h.subscribe(b, name);
+    // Cluster mode: subscriptions reach the other nodes' replicas a moment later (eventually
+    // consistent by design); wait until every node agrees. A no-op on one server.
+    await srv.waitReplicated(h.expectGet(`/channels/${name}`, { info: 'subscription_count' },
+      { occupied: true, subscription_count: 2 }));
     const res = await srv.sdk().trigger(name, 'x', {}, { info: 'subscription_count' });
     assert.equal(res.status, 200);
     assert.deepEqual(await res.json(), { channels: { [name]: { subscription_count: 2 } } });
@@ -129,6 +133,10 @@ describe('core protocol (pusher-js + pusher Node SDK)', () => {
     const n2 = uniq('binfo-2-');
     const c = await srv.client();
     await h.subscribe(c, n1);
+    // Cluster mode: subscriptions reach the other nodes' replicas a moment later (eventually
+    // consistent by design); wait until every node agrees. A no-op on one server.
+    await srv.waitReplicated(h.expectGet(`/channels/${n1}`, { info: 'subscription_count' },
+      { occupied: true, subscription_count: 1 }));
     const res = await srv.sdk().triggerBatch([
       { channel: n1, name: 'a', data: '1', info: 'subscription_count' },
       { channel: n2, name: 'b', data: '2' },
@@ -155,6 +163,10 @@ describe('core protocol (pusher-js + pusher Node SDK)', () => {
     c.unsubscribe(gone);
     // the unsubscribe has no reply: use another subscription round-trip to order after it
     await h.subscribe(c, uniq('sync-'));
+    // Cluster mode: subscriptions reach the other nodes' replicas a moment later (eventually
+    // consistent by design); wait until every node agrees. A no-op on one server.
+    await srv.waitReplicated(h.expectGet('/channels', { filter_by_prefix: prefix },
+      { channels: { [names[0]]: {}, [names[1]]: {} } }));
     const res = await srv.sdk().get({ path: '/channels', params: { filter_by_prefix: prefix } });
     assert.equal(res.status, 200);
     assert.deepEqual(await res.json(), { channels: { [names[0]]: {}, [names[1]]: {} } });
@@ -166,6 +178,10 @@ describe('core protocol (pusher-js + pusher Node SDK)', () => {
     const [a, b] = await srv.clientsOnDistinctShards(2);
     await h.subscribe(a, name);
     await h.subscribe(b, name);
+    // Cluster mode: subscriptions reach the other nodes' replicas a moment later (eventually
+    // consistent by design); wait until every node agrees. A no-op on one server.
+    await srv.waitReplicated(h.expectGet(`/channels/${name}`, { info: 'subscription_count' },
+      { occupied: true, subscription_count: 2 }));
     const sdk = srv.sdk();
     let res = await sdk.get({ path: `/channels/${name}`, params: { info: 'subscription_count' } });
     assert.equal(res.status, 200);
@@ -193,6 +209,10 @@ describe('core protocol (pusher-js + pusher Node SDK)', () => {
     await srv.sdk().trigger(name, 'broadcast', { all: true });
     const got = await Promise.all(waits);
     for (const d of got) assert.deepEqual(d, { all: true });
+    // Cluster mode: subscriptions reach the other nodes' replicas a moment later (eventually
+    // consistent by design); wait until every node agrees. A no-op on one server.
+    await srv.waitReplicated(h.expectGet(`/channels/${name}`, { info: 'subscription_count' },
+      { occupied: true, subscription_count: clients.length }));
     const res = await srv.sdk().get({ path: `/channels/${name}`, params: { info: 'subscription_count' } });
     assert.deepEqual(await res.json(), { occupied: true, subscription_count: clients.length });
     for (const c of clients) c.disconnect();

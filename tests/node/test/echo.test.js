@@ -62,6 +62,9 @@ describe('Laravel Echo', () => {
     const joined = h.withTimeout(new Promise((r) => chA.joining(r)), 15000, 'joining');
     const left = h.withTimeout(new Promise((r) => chA.leaving(r)), 15000, 'leaving');
     assert.deepEqual(await hereA, [{ name: 'Alice' }]);
+    // Cluster mode: Alice's join reaches the other nodes' replicas a moment later (eventually
+    // consistent by design); wait until every node lists her. A no-op on one server.
+    await srv.waitReplicated(h.expectUsers(`presence-${room}`, ['echo-alice']));
 
     const chB = echoB.join(room);
     const hereB = h.withTimeout(new Promise((r) => chB.here(r)), 5000, 'here (bob)');

@@ -83,6 +83,10 @@ describe('connection limits and liveness (pusher-js)', () => {
 
   it('app over max_connections is refused with 4004; the first connection stays', async () => {
     const first = await srv.client({ app: 1 });
+    // Cluster mode: nodes learn each other's connection counts from heartbeats (about once a
+    // second, eventually consistent by design); wait until every node counts the first
+    // connection, so the refusal does not depend on that delay. A no-op on one server.
+    await srv.waitReplicated(h.expectGet('/connections', {}, { connections: 1 }), 1);
     const { err, state } = await refused(srv, 'lim-one-key');
     assert.equal(err.code, 4004);
     assert.notEqual(state, 'connected');
@@ -100,6 +104,10 @@ describe('connection limits and liveness (pusher-js)', () => {
     // a second tab of an existing member does not add a member: allowed
     const b2 = await srv.client({ app: 4, presence: { user_id: 'full-b', user_info: {} } });
     await h.subscribe(b2, room);
+    // Cluster mode: the joins reach the other nodes' replicas a moment later (eventually
+    // consistent by design); wait until every node lists both members, so that the node C
+    // lands on knows the channel is full. A no-op on one server.
+    await srv.waitReplicated(h.expectUsers(room, ['full-a', 'full-b']), 4);
     const addedToA = h.record(chA, 'pusher:member_added');
     const errP = h.nextConnectionError(c);
     const chC = c.subscribe(room);

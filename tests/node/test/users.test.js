@@ -130,6 +130,9 @@ describe('user authentication (pusher.signin) and user APIs', () => {
     assert.equal(ch.members.me.id, id);
     assert.equal(ch.members.count, 1);
     assert.deepEqual(ch.members.get(id).info, { name: 'Signed' });
+    // Cluster mode: a join reaches the other nodes' replicas a moment later (eventually
+    // consistent by design); wait until every node lists the member. A no-op on one server.
+    await srv.waitReplicated(h.expectUsers(room, [id]));
     const chO = await h.subscribe(other, room);
     assert.equal(chO.members.count, 2);
     assert.deepEqual(chO.members.get(id).info, { name: 'Signed' });
@@ -170,6 +173,17 @@ describe('user authentication (pusher.signin) and user APIs', () => {
     await h.signin(l1);
     await lateOnline;
     await h.signin(l2);
+    if (h.CLUSTER) {
+      // Cluster mode: l2's sign-in reaches the other nodes a moment later (eventually consistent
+      // by design); were l1's sign-out to reach the watcher's node first, late would look
+      // offline for a moment. Sign-ins cannot be queried over HTTP, so wait until every node
+      // counts a subscription l2 makes after its sign-in (its node hands its changes to the
+      // broker in the order they happen).
+      const after = `after-signin-${process.pid}-${++seq}`;
+      await h.subscribe(l2, after);
+      await srv.waitReplicated(h.expectGet(`/channels/${after}`, { info: 'subscription_count' },
+        { occupied: true, subscription_count: 1 }));
+    }
 
     // offline only after the last connection of the user goes
     const lateOffline = h.once(w.user.watchlist, 'offline', undefined, (e) => e.user_ids.includes(lateId));

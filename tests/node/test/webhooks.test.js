@@ -90,4 +90,21 @@ test('webhooks validate with the Node SDK and carry Pusher event shapes', async 
   const vacated = await hook.waitFor((e) => e.name === 'channel_vacated' && e.channel === channel, 'channel_vacated');
   assert.equal(sdk.webhook(vacated).isValid(), true);
   assert.equal(hook.requests.every((r) => r.headers['content-type'] === 'application/json'), true);
+
+  // Each event reaches the receiver once (in a cluster, one node sends a channel's webhooks):
+  // give a duplicate a moment to show up, then count.
+  await new Promise((r) => setTimeout(r, 500));
+  const counts = new Map();
+  for (const r of hook.requests) {
+    for (const e of JSON.parse(r.rawBody).events) {
+      if (e.channel !== channel) continue;
+      const k = [e.name, e.user_id, e.event].filter(Boolean).join(' ');
+      counts.set(k, (counts.get(k) || 0) + 1);
+    }
+  }
+  assert.deepEqual([...counts.entries()].filter(([, n]) => n !== 1), [], `webhook events by count: ${JSON.stringify([...counts])}`);
+  assert.deepEqual([...counts.keys()].sort(), [
+    'channel_occupied', 'channel_vacated', 'client_event bob client-wave',
+    'member_added alice', 'member_added bob', 'member_removed alice', 'member_removed bob',
+  ]);
 });
