@@ -271,8 +271,10 @@ wire = {
     "heartbeat": msg(1, u32(2) + s("app") + u32(3) + s("b") + u32(0)),
     "leaving": msg(2),
     "hello": msg(3),
-    "publish": msg(4, s("app") + s("presence-\u00e9") + s(ws_frame) + opt("1.2") + opt(None)),
-    "publish_cache": msg(4, s("app") + s("cache-x") + s(ws_frame) + opt(None) + opt('{"k":1}')),
+    "publish": msg(4, s("app") + s("presence-\u00e9") + s(ws_frame) + opt("1.2") + opt(None) + struct.pack(">Q", 0)),
+    "publish_cache": msg(
+        4, s("app") + s("cache-x") + s(ws_frame) + opt(None) + opt('{"k":1}') + struct.pack(">Q", 1_700_000_000_000_000)
+    ),
     "to_user": msg(5, s("app") + s("u1") + s(ws_frame) + opt(None)),
     "terminate": msg(6, s("app") + s("u1")),
     "change_subscribed": msg(7, s("app") + b"\x01" + s("c")),

@@ -30,9 +30,9 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use ringpush::config::{AppConfig, ServerConfig};
 use ringpush::fuzzing::{
-    Health,
     api_string, handle_api, md5_hex, parse_request, sign, verify_api_request, ApiAuthError, AppIdx,
-    CachedEvent, ChannelFacts, Parsed, Request, Service, MAX_BATCH, MAX_CHANNELS_PER_TRIGGER,
+    CachedEvent, ChannelFacts, Health, Parsed, Request, Service, MAX_BATCH,
+    MAX_CHANNELS_PER_TRIGGER,
 };
 
 const KEY: &str = "fuzz-key";

@@ -10,8 +10,8 @@
 //! - however the bytes arrive: every strict prefix of a complete request is "partial" (inside
 //!   the head) or "need the body" with the same total length (inside the body), never an error
 //!   and never another request;
-//! - "need the body" asks for more than was given, within head limit plus body limit, and
-//!   those bytes then complete the request;
+//! - "need the body" asks for more than was given, within head limit plus body limit, names
+//!   the body's length within the body limit, and those bytes then complete the request;
 //! - "partial" holds no more than `MAX_HEAD` bytes; an error stays an error with more bytes;
 //! - header names come out lower-case; path and query values are what a plain reference
 //!   percent-decoder makes of the raw target; percent-decoding undoes percent-encoding.
@@ -106,7 +106,10 @@ fn check_complete(buf: &[u8], max_body: usize, req: &Request, used: usize) {
     for k in cuts.into_iter().filter(|&k| k < used) {
         match parse_request(&buf[..k], max_body) {
             Parsed::Partial => assert!(k < head, "partial at {k} after the head ({head})"),
-            Parsed::NeedBody(n) => assert!(n == used && k >= head, "NeedBody({n}) at {k}"),
+            Parsed::NeedBody { total, body } => assert!(
+                total == used && body == req.body.len() && k >= head,
+                "NeedBody({total}, {body}) at {k}"
+            ),
             other => panic!("prefix of {k} of {used} bytes: {other:?}"),
         }
     }
@@ -119,13 +122,14 @@ fuzz_target!(|data: &[u8]| {
     let max_body = [0, 16, 1024, 1 << 20][sel as usize % 4];
     match parse_request(buf, max_body) {
         Parsed::Complete(req, used) => check_complete(buf, max_body, &req, used),
-        Parsed::NeedBody(n) => {
+        Parsed::NeedBody { total: n, body } => {
             assert!(n > buf.len() && n <= MAX_HEAD + max_body, "NeedBody({n})");
+            assert!(body <= max_body && body <= n, "NeedBody({n}, {body})");
             let mut full = buf.to_vec();
             full.resize(n, b'x');
             match parse_request(&full, max_body) {
                 Parsed::Complete(req, used) => {
-                    assert_eq!(used, n);
+                    assert_eq!((used, req.body.len()), (n, body));
                     check_complete(&full, max_body, &req, used);
                 }
                 Parsed::Error(400, reason) if reason.contains("percent") => {}
