@@ -509,19 +509,18 @@ impl Home {
         };
         let vacated = ch.subs.is_empty();
         if let Some(raw_id) = removed {
-            let user_id = user_key.to_string();
-            out.push(hook(app, channel, HookKind::MemberRemoved { user_id }));
+            // The webhook order stays member_removed, vacated, then the event to clients.
+            out.push(hook(
+                app,
+                channel,
+                HookKind::MemberRemoved {
+                    user_id: user_key.into(),
+                },
+            ));
             if vacated {
                 out.push(hook(app, channel, HookKind::ChannelVacated));
             }
-            let data = encode::member_json(&raw_id, None);
-            out.push(member_event(
-                app,
-                channel.clone(),
-                "pusher_internal:member_removed",
-                &data,
-                None,
-            ));
+            out.push(member_removed_event(app, channel, &raw_id));
         } else if vacated {
             out.push(hook(app, channel, HookKind::ChannelVacated));
         }
@@ -588,15 +587,7 @@ impl Home {
             let presence = type_of(&channel).kind == ChannelKind::Presence;
             removed.sort();
             for (user_id, raw_id) in removed {
-                out.push(hook(app, &channel, HookKind::MemberRemoved { user_id }));
-                let data = encode::member_json(&raw_id, None);
-                out.push(member_event(
-                    app,
-                    channel.clone(),
-                    "pusher_internal:member_removed",
-                    &data,
-                    None,
-                ));
+                member_removed(app, &channel, user_id, &raw_id, out);
             }
             if had > 0 && after == 0 {
                 out.push(hook(app, &channel, HookKind::ChannelVacated));
@@ -918,6 +909,29 @@ fn channel_facts(c: &Channel) -> ChannelFacts {
         subscriptions: c.subs.total(),
         users: c.members.len(),
     }
+}
+
+/// The `member_removed` webhook and the event to the channel's subscribers.
+fn member_removed(
+    app: AppIdx,
+    channel: &Arc<str>,
+    user_id: String,
+    raw_id: &str,
+    out: &mut Vec<Effect>,
+) {
+    out.push(hook(app, channel, HookKind::MemberRemoved { user_id }));
+    out.push(member_removed_event(app, channel, raw_id));
+}
+
+fn member_removed_event(app: AppIdx, channel: &Arc<str>, raw_id: &str) -> Effect {
+    let data = encode::member_json(raw_id, None);
+    member_event(
+        app,
+        channel.clone(),
+        "pusher_internal:member_removed",
+        &data,
+        None,
+    )
 }
 
 fn hook(app: AppIdx, channel: &Arc<str>, kind: HookKind) -> Effect {
